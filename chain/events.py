@@ -1,0 +1,51 @@
+"""Read ModelRegistry's events back, decoded, from a live chain or a run's export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from eth_utils import event_abi_to_log_topic
+from web3 import Web3
+from web3._utils.events import get_event_data
+
+from chain.compiler import load_artifact
+
+
+def _jsonable(value):
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def fetch_events(w3: Web3, address: str, from_block: int = 0, to_block: int | str = "latest") -> list[dict]:
+    """Every event `address` emitted in the block range, decoded with the committed ABI."""
+    abi = load_artifact()["abi"]
+    by_topic = {event_abi_to_log_topic(e): e for e in abi if e["type"] == "event"}
+    logs = w3.eth.get_logs({"address": Web3.to_checksum_address(address), "fromBlock": from_block, "toBlock": to_block})
+    events = []
+    for log in logs:
+        event_abi = by_topic.get(bytes(log["topics"][0]))
+        if event_abi is None:
+            continue
+        decoded = get_event_data(w3.codec, event_abi, log)
+        events.append({
+            "event": decoded["event"],
+            "block": decoded["blockNumber"],
+            "tx": decoded["transactionHash"].to_0x_hex(),
+            "log_index": decoded["logIndex"],
+            "args": _jsonable(dict(decoded["args"])),
+        })
+    return events
+
+
+def write_export(events: list[dict], path: Path) -> None:
+    path.write_text(json.dumps(events, indent=1) + "\n")
+
+
+def read_export(path: Path) -> list[dict]:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,135 @@
+"""Node identities and the EIP-712 messages they sign.
+
+A data node never sends a transaction: it signs a Publication (its weights hash) or an Attestation
+(the accuracy it measured) with its own key, and a relayer submits it. The typed data here must
+match the PUBLISH/ATTEST typehashes in contracts/ModelRegistry.sol field for field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+
+KIND_TEACHER, KIND_EBM, KIND_GENERATOR, KIND_STUDENT = 1, 2, 3, 4
+KIND_NAMES = {KIND_TEACHER: "teacher", KIND_EBM: "ebm", KIND_GENERATOR: "generator", KIND_STUDENT: "student"}
+DOMAIN_NAME, DOMAIN_VERSION = "kdledger ModelRegistry", "1"
+
+
+@dataclass(frozen=True)
+class Domain:
+    chain_id: int
+    contract: str
+
+    def as_eip712(self) -> dict:
+        return {"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": self.chain_id, "verifyingContract": self.contract}
+
+
+@dataclass(frozen=True)
+class Publication:
+    node: str
+    model_hash: bytes
+    kind: int
+    round: int
+    run_id: bytes
+    uri: str
+    nonce: int
+    deadline: int
+
+    TYPE = [
+        ("node", "address"), ("modelHash", "bytes32"), ("kind", "uint8"), ("round", "uint32"),
+        ("runId", "bytes32"), ("uri", "string"), ("nonce", "uint256"), ("deadline", "uint256"),
+    ]
+
+    def as_struct(self) -> tuple:
+        return (self.node, self.model_hash, self.kind, self.round, self.run_id, self.uri, self.nonce, self.deadline)
+
+
+@dataclass(frozen=True)
+class Attestation:
+    node: str
+    model_hash: bytes
+    run_id: bytes
+    accuracy_bps: int
+    num_examples: int
+    nonce: int
+    deadline: int
+
+    TYPE = [
+        ("node", "address"), ("modelHash", "bytes32"), ("runId", "bytes32"), ("accuracyBps", "uint16"),
+        ("numExamples", "uint32"), ("nonce", "uint256"), ("deadline", "uint256"),
+    ]
+
+    def as_struct(self) -> tuple:
+        return (self.node, self.model_hash, self.run_id, self.accuracy_bps, self.num_examples, self.nonce, self.deadline)
+
+
+def typed_data(message: Publication | Attestation, domain: Domain) -> dict:
+    primary = type(message).__name__.replace("Publication", "Publish").replace("Attestation", "Attest")
+    values = dict(zip((name for name, _ in message.TYPE), message.as_struct()))
+    return {
+        "types": {
+            "EIP712Domain": [
+                ("name", "string"), ("version", "string"), ("chainId", "uint256"), ("verifyingContract", "address"),
+            ],
+            primary: message.TYPE,
+        },
+        "primaryType": primary,
+        "domain": domain.as_eip712(),
+        "message": values,
+    }
+
+
+def _eip712_types(data: dict) -> dict:
+    data = dict(data)
+    data["types"] = {k: [{"name": n, "type": t} for n, t in v] for k, v in data["types"].items()}
+    return data
+
+
+def sign(account: LocalAccount, message: Publication | Attestation, domain: Domain) -> bytes:
+    """The 65-byte signature of `account` over `message` in `domain`."""
+    encoded = encode_typed_data(full_message=_eip712_types(typed_data(message, domain)))
+    return bytes(account.sign_message(encoded).signature)
+
+
+def recover(message: Publication | Attestation, domain: Domain, signature: bytes) -> str:
+    encoded = encode_typed_data(full_message=_eip712_types(typed_data(message, domain)))
+    return Account.recover_message(encoded, signature=signature)
+
+
+def derive_account(seed: int, label: str) -> LocalAccount:
+    """A reproducible key for a simulated party (never use for value on a public chain)."""
+    return Account.from_key(keccak(text=f"kdledger:{seed}:{label}"))
+
+
+def run_id_of(name: str, config_hash: bytes) -> bytes:
+    return keccak(text=name)[:16] + config_hash[:16]
+
+
+def save_key(account: LocalAccount, path: Path) -> None:
+    """Write a node's key file, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"address": account.address, "private_key": account.key.hex()}, f)
+    os.chmod(path, 0o600)
+
+
+def load_key(path: Path) -> LocalAccount:
+    try:
+        data = json.loads(Path(path).read_text())
+        return Account.from_key(data["private_key"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"cannot read node key file {path}: {exc}") from None
+
+
+__all__ = [
+    "KIND_EBM", "KIND_GENERATOR", "KIND_NAMES", "KIND_STUDENT", "KIND_TEACHER", "Attestation", "Domain",
+    "Publication", "derive_account", "load_key", "recover", "run_id_of", "save_key", "sign",
+]

@@ -1,0 +1,180 @@
+"""A typed client for ModelRegistry over either backend.
+
+Reverts surface as RegistryError carrying the contract's error name and arguments, whichever way
+the backend reports them (eth-tester raises TransactionFailed, JSON-RPC raises ContractCustomError).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from eth_abi import decode as abi_decode
+from eth_account.signers.local import LocalAccount
+from eth_tester.exceptions import TransactionFailed
+from eth_utils import keccak, to_checksum_address
+from web3 import Web3
+from web3.exceptions import ContractCustomError, ContractLogicError
+
+from chain.compiler import load_artifact
+from chain.identity import Attestation, Domain, Publication
+
+ROLES = {name: keccak(text=f"{name}_ROLE") for name in ("DATA_NODE", "DISTILLER", "RELAYER")}
+
+
+class RegistryError(RuntimeError):
+    """A revert of ModelRegistry, by the contract's own error name."""
+
+    def __init__(self, name: str, args: tuple = (), tx: str = ""):
+        self.name, self.args_, self.tx = name, args, tx
+        shown = ", ".join("0x" + a.hex() if isinstance(a, bytes) else str(a) for a in args)
+        super().__init__(f"{name}({shown})")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    owner: str
+    kind: int
+    round: int
+    block: int
+
+    @property
+    def registered(self) -> bool:
+        return self.kind != 0
+
+
+@dataclass(frozen=True)
+class Lineage:
+    config_hash: bytes
+    sample_count: int
+    method: str
+    teacher_hashes: tuple[bytes, ...]
+
+
+def _error_table(abi: list[dict]) -> dict[bytes, tuple[str, list[str]]]:
+    table = {}
+    for item in abi:
+        if item["type"] == "error":
+            types = [i["type"] for i in item["inputs"]]
+            table[keccak(text=f"{item['name']}({','.join(types)})")[:4]] = (item["name"], types)
+    return table
+
+
+def _revert_data(exc: Exception) -> bytes | None:
+    candidates = [getattr(exc, "data", None), *exc.args]
+    for c in candidates:
+        if isinstance(c, bytes) and len(c) >= 4:
+            return c
+        if isinstance(c, str) and "b'" in c:  # eth-tester: "execution reverted: b'...'"
+            try:
+                return ast.literal_eval(c[c.index("b'"):])
+            except (ValueError, SyntaxError):
+                continue
+        if isinstance(c, str):
+            text = c.strip("'\" ")
+            if text.startswith("0x") and len(text) >= 10:
+                try:
+                    return bytes.fromhex(text[2:])
+                except ValueError:
+                    continue
+    return None
+
+
+class Registry:
+    """ModelRegistry at one address on one chain."""
+
+    def __init__(self, w3: Web3, address: str):
+        self.w3 = w3
+        artifact = load_artifact()
+        self.contract = w3.eth.contract(address=to_checksum_address(address), abi=artifact["abi"])
+        self._errors = _error_table(artifact["abi"])
+
+    @property
+    def address(self) -> str:
+        return self.contract.address
+
+    @classmethod
+    def deploy(cls, w3: Web3, admin: LocalAccount) -> tuple["Registry", str]:
+        artifact = load_artifact()
+        factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+        receipt = send(w3, factory.constructor(admin.address), admin)
+        return cls(w3, receipt["contractAddress"]), receipt["transactionHash"].to_0x_hex()
+
+    # -- writes ------------------------------------------------------------------------------
+    def _send(self, fn, sender: LocalAccount) -> dict:
+        try:
+            return send(self.w3, fn, sender)
+        except (TransactionFailed, ContractCustomError, ContractLogicError) as exc:
+            raise self.decode_revert(exc) from None
+
+    def decode_revert(self, exc: Exception) -> RegistryError:
+        data = _revert_data(exc)
+        if data is None or data[:4] not in self._errors:
+            return RegistryError("Reverted", (str(exc),))
+        name, types = self._errors[data[:4]]
+        return RegistryError(name, tuple(abi_decode(types, data[4:])))
+
+    def grant(self, role: str, account: str, admin: LocalAccount) -> str:
+        return self._send(self.contract.functions.grantRole(ROLES[role], account), admin)["transactionHash"].to_0x_hex()
+
+    def register_teacher(self, pub: Publication, signature: bytes, relayer: LocalAccount) -> dict:
+        return self._send(self.contract.functions.registerTeacher(pub.as_struct(), signature), relayer)
+
+    def commit_student(
+        self, model_hash: bytes, run_id: bytes, teacher_hashes: list[bytes], method: str, config_hash: bytes,
+        sample_count: int, uri: str, distiller: LocalAccount,
+    ) -> dict:
+        fn = self.contract.functions.commitStudent(
+            model_hash, run_id, teacher_hashes, method, config_hash, sample_count, uri
+        )
+        return self._send(fn, distiller)
+
+    def attest(self, att: Attestation, signature: bytes, relayer: LocalAccount) -> dict:
+        return self._send(self.contract.functions.attestAccuracy(att.as_struct(), signature), relayer)
+
+    # -- reads -------------------------------------------------------------------------------
+    def domain(self) -> Domain:
+        return Domain(chain_id=self.w3.eth.chain_id, contract=self.address)
+
+    def nonce(self, account: str) -> int:
+        return self.contract.functions.nonces(account).call()
+
+    def has_role(self, role: str, account: str) -> bool:
+        return self.contract.functions.hasRole(ROLES[role], account).call()
+
+    def model(self, model_hash: bytes) -> ModelRecord:
+        owner, kind, rnd, block = self.contract.functions.modelOf(model_hash).call()
+        return ModelRecord(owner, kind, rnd, block)
+
+    def lineage(self, student_hash: bytes) -> Lineage:
+        config_hash, count, method, teachers = self.contract.functions.lineageOf(student_hash).call()
+        return Lineage(config_hash, count, method, tuple(teachers))
+
+    def accuracy(self, model_hash: bytes, node: str) -> tuple[int, int, int]:
+        return tuple(self.contract.functions.accuracyOf(model_hash, node).call())
+
+    def deadline(self, seconds: int = 3600) -> int:
+        """A deadline `seconds` after the chain's own clock (not this machine's)."""
+        return self.w3.eth.get_block("latest")["timestamp"] + seconds
+
+
+def send(w3: Web3, fn, sender: LocalAccount) -> dict:
+    """Sign locally with `sender` (works on any RPC), send, and wait for the receipt."""
+    tx = fn.build_transaction(
+        {"from": sender.address, "nonce": w3.eth.get_transaction_count(sender.address, "pending"),
+         "chainId": w3.eth.chain_id}
+    )
+    signed = sender.sign_transaction(tx)
+    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
+    if receipt["status"] != 1:
+        raise RegistryError("Reverted", (tx_hash.to_0x_hex(),), tx=tx_hash.to_0x_hex())
+    return receipt
+
+
+def fund(w3: Web3, accounts: list[str], wei: int = 10**20) -> None:
+    """Give dev-chain ether to `accounts` from the chain's first unlocked account."""
+    funder = w3.eth.accounts[0]
+    for account in accounts:
+        if w3.eth.get_balance(account) < wei // 2:
+            w3.eth.wait_for_transaction_receipt(w3.eth.send_transaction({"from": funder, "to": account, "value": wei}))

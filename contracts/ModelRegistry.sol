@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {Nonces} from "@openzeppelin/contracts/utils/Nonces.sol";
+
+/// @title ModelRegistry
+/// @notice Provenance of models made by kdledger: data nodes publish the hashes of the weights they
+/// trained on private data, a distiller commits a student with the hashes it came from, and data nodes
+/// attest how well a model does on their own data. Only hashes and numbers are stored, never weights.
+/// @dev Data nodes never send transactions: they sign EIP-712 messages that a RELAYER submits. Each
+/// signature carries the signer's nonce and a deadline, so it can be used once and only in time.
+contract ModelRegistry is AccessControl, EIP712, Nonces {
+    bytes32 public constant DATA_NODE_ROLE = keccak256("DATA_NODE_ROLE");
+    bytes32 public constant DISTILLER_ROLE = keccak256("DISTILLER_ROLE");
+    bytes32 public constant RELAYER_ROLE = keccak256("RELAYER_ROLE");
+
+    /// Kinds a data node may publish (1..3); a student (4) comes only from commitStudent.
+    uint8 public constant KIND_TEACHER = 1;
+    uint8 public constant KIND_EBM = 2;
+    uint8 public constant KIND_GENERATOR = 3;
+    uint8 public constant KIND_STUDENT = 4;
+
+    bytes32 private constant PUBLISH_TYPEHASH = keccak256(
+        "Publish(address node,bytes32 modelHash,uint8 kind,uint32 round,bytes32 runId,string uri,uint256 nonce,uint256 deadline)"
+    );
+    bytes32 private constant ATTEST_TYPEHASH = keccak256(
+        "Attest(address node,bytes32 modelHash,bytes32 runId,uint16 accuracyBps,uint32 numExamples,uint256 nonce,uint256 deadline)"
+    );
+
+    /// A data node's signed publication of a weights hash.
+    struct Publication {
+        address node;
+        bytes32 modelHash;
+        uint8 kind;
+        uint32 round;
+        bytes32 runId;
+        string uri;
+        uint256 nonce;
+        uint256 deadline;
+    }
+
+    /// A data node's signed accuracy of a registered model on its private test split.
+    struct Attestation {
+        address node;
+        bytes32 modelHash;
+        bytes32 runId;
+        uint16 accuracyBps;
+        uint32 numExamples;
+        uint256 nonce;
+        uint256 deadline;
+    }
+
+    /// One storage slot per model: who registered it, as what, in which round and block.
+    struct Model {
+        address owner;
+        uint8 kind;
+        uint32 round;
+        uint40 blockNumber;
+    }
+
+    /// What a student was made from and how.
+    struct Lineage {
+        bytes32 configHash;
+        uint64 sampleCount;
+        string method;
+        bytes32[] teacherHashes;
+    }
+
+    /// One storage slot per (model, node) attestation.
+    struct Accuracy {
+        uint16 accuracyBps;
+        uint32 numExamples;
+        uint40 blockNumber;
+    }
+
+    mapping(bytes32 modelHash => Model) private _models;
+    mapping(bytes32 studentHash => Lineage) private _lineages;
+    mapping(bytes32 modelHash => mapping(address node => Accuracy)) private _accuracies;
+    mapping(bytes32 modelHash => address[]) private _attesters;
+
+    /// A data node published weights (a teacher, an energy model or a generator).
+    event TeacherRegistered(
+        bytes32 indexed modelHash, address indexed node, bytes32 indexed runId, uint8 kind, uint32 round, string uri
+    );
+    /// A distiller committed a student distilled from registered models.
+    event StudentCommitted(
+        bytes32 indexed modelHash,
+        address indexed distiller,
+        bytes32 indexed runId,
+        bytes32[] teacherHashes,
+        string method,
+        bytes32 configHash,
+        uint64 sampleCount,
+        string uri
+    );
+    /// A data node measured a registered model on its own private test split.
+    event AccuracyAttested(
+        bytes32 indexed modelHash, address indexed node, bytes32 indexed runId, uint16 accuracyBps, uint32 numExamples
+    );
+
+    error SignatureExpired(uint256 deadline);
+    error SignerLacksRole(address signer, bytes32 role);
+    error InvalidSigner(address recovered, address expected);
+    error ModelAlreadyRegistered(bytes32 modelHash);
+    error UnknownModel(bytes32 modelHash);
+    error InvalidKind(uint8 kind);
+    error ZeroHash();
+    error EmptyLineage();
+    error AccuracyOutOfRange(uint16 accuracyBps);
+    error AlreadyAttested(bytes32 modelHash, address node);
+
+    /// @param admin The account that may grant and revoke every role.
+    constructor(address admin) EIP712("kdledger ModelRegistry", "1") {
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+    }
+
+    /// @notice Registers a weights hash that a data node signed; called by a relayer.
+    /// @param p The publication the node signed (its nonce must be the node's current one).
+    /// @param signature The node's 65-byte EIP-712 signature over `p`.
+    function registerTeacher(Publication calldata p, bytes calldata signature) external onlyRole(RELAYER_ROLE) {
+        _checkSigned(p.node, p.deadline, p.nonce);
+        bytes32 digest = _hashTypedDataV4(
+            keccak256(
+                abi.encode(
+                    PUBLISH_TYPEHASH, p.node, p.modelHash, p.kind, p.round, p.runId, keccak256(bytes(p.uri)), p.nonce, p.deadline
+                )
+            )
+        );
+        _checkSigner(digest, signature, p.node);
+        if (p.kind == 0 || p.kind > KIND_GENERATOR) revert InvalidKind(p.kind);
+        _record(p.modelHash, p.node, p.kind, p.round);
+        emit TeacherRegistered(p.modelHash, p.node, p.runId, p.kind, p.round, p.uri);
+    }
+
+    /// @notice Commits a student distilled from registered models; called by the distiller itself.
+    /// @param modelHash SHA-256 of the student's weights file.
+    /// @param runId The run the student belongs to.
+    /// @param teacherHashes The registered models it was distilled from.
+    /// @param method The distillation method's name (e.g. "genkd").
+    /// @param configHash Hash of the exact distillation configuration.
+    /// @param sampleCount Number of synthetic samples the student was trained on.
+    /// @param uri Where the weights can be fetched.
+    function commitStudent(
+        bytes32 modelHash,
+        bytes32 runId,
+        bytes32[] calldata teacherHashes,
+        string calldata method,
+        bytes32 configHash,
+        uint64 sampleCount,
+        string calldata uri
+    ) external onlyRole(DISTILLER_ROLE) {
+        if (teacherHashes.length == 0) revert EmptyLineage();
+        for (uint256 i = 0; i < teacherHashes.length; ++i) {
+            if (_models[teacherHashes[i]].kind == 0) revert UnknownModel(teacherHashes[i]);
+        }
+        _record(modelHash, msg.sender, KIND_STUDENT, 0);
+        Lineage storage lineage = _lineages[modelHash];
+        lineage.configHash = configHash;
+        lineage.sampleCount = sampleCount;
+        lineage.method = method;
+        lineage.teacherHashes = teacherHashes;
+        emit StudentCommitted(modelHash, msg.sender, runId, teacherHashes, method, configHash, sampleCount, uri);
+    }
+
+    /// @notice Records the accuracy a data node signed for a registered model; called by a relayer.
+    /// @param a The attestation the node signed (its nonce must be the node's current one).
+    /// @param signature The node's 65-byte EIP-712 signature over `a`.
+    function attestAccuracy(Attestation calldata a, bytes calldata signature) external onlyRole(RELAYER_ROLE) {
+        _checkSigned(a.node, a.deadline, a.nonce);
+        bytes32 digest = _hashTypedDataV4(
+            keccak256(
+                abi.encode(
+                    ATTEST_TYPEHASH, a.node, a.modelHash, a.runId, a.accuracyBps, a.numExamples, a.nonce, a.deadline
+                )
+            )
+        );
+        _checkSigner(digest, signature, a.node);
+        if (_models[a.modelHash].kind == 0) revert UnknownModel(a.modelHash);
+        if (a.accuracyBps > 10_000) revert AccuracyOutOfRange(a.accuracyBps);
+        Accuracy storage slot = _accuracies[a.modelHash][a.node];
+        if (slot.blockNumber != 0) revert AlreadyAttested(a.modelHash, a.node);
+        _accuracies[a.modelHash][a.node] = Accuracy(a.accuracyBps, a.numExamples, uint40(block.number));
+        _attesters[a.modelHash].push(a.node);
+        emit AccuracyAttested(a.modelHash, a.node, a.runId, a.accuracyBps, a.numExamples);
+    }
+
+    /// @notice The record of a model; `kind` is 0 when the hash is not registered.
+    /// @param modelHash SHA-256 of the weights file.
+    function modelOf(bytes32 modelHash) external view returns (Model memory) {
+        return _models[modelHash];
+    }
+
+    /// @notice How a student was made: configuration hash, sample count, method and teacher hashes.
+    /// @param studentHash SHA-256 of the student's weights file.
+    function lineageOf(bytes32 studentHash) external view returns (Lineage memory) {
+        return _lineages[studentHash];
+    }
+
+    /// @notice The accuracy `node` attested for `modelHash` (blockNumber 0: none).
+    /// @param modelHash SHA-256 of the weights file.
+    /// @param node The data node's address.
+    function accuracyOf(bytes32 modelHash, address node) external view returns (Accuracy memory) {
+        return _accuracies[modelHash][node];
+    }
+
+    /// @notice Every data node that attested an accuracy for `modelHash`, in order.
+    /// @param modelHash SHA-256 of the weights file.
+    function attestersOf(bytes32 modelHash) external view returns (address[] memory) {
+        return _attesters[modelHash];
+    }
+
+    /// @notice The EIP-712 domain separator that signatures for this contract must use.
+    function domainSeparator() external view returns (bytes32) {
+        return _domainSeparatorV4();
+    }
+
+    // Order matters for clear errors: a replayed signature fails on its nonce, before anything else.
+    function _checkSigned(address node, uint256 deadline, uint256 nonce) private {
+        if (block.timestamp > deadline) revert SignatureExpired(deadline);
+        if (!hasRole(DATA_NODE_ROLE, node)) revert SignerLacksRole(node, DATA_NODE_ROLE);
+        _useCheckedNonce(node, nonce);
+    }
+
+    function _checkSigner(bytes32 digest, bytes calldata signature, address expected) private pure {
+        address recovered = ECDSA.recover(digest, signature);
+        if (recovered != expected) revert InvalidSigner(recovered, expected);
+    }
+
+    function _record(bytes32 modelHash, address owner, uint8 kind, uint32 round) private {
+        if (modelHash == bytes32(0)) revert ZeroHash();
+        if (_models[modelHash].kind != 0) revert ModelAlreadyRegistered(modelHash);
+        _models[modelHash] = Model(owner, kind, round, uint40(block.number));
+    }
+}

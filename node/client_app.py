@@ -1,0 +1,133 @@
+"""The data node: a Flower ClientApp. Its data never leaves it.
+
+- query: who am I (address) and how much data I hold;
+- train: train a teacher on my private train split, publish only its weights and my signature
+  over their hash;
+- evaluate: measure the models I am sent on my private test split and sign what I measured.
+
+The node's key is its own: from the node config's `key-file` (deployment), or, in a simulation,
+the key file the runner provisioned for this partition.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from chain.identity import KIND_TEACHER, Attestation, Domain, Publication, load_key, sign
+from node.artifacts import deserialize, serialize, sha256
+from node.config import DataConfig, TeacherConfig
+from node.data import Split, node_splits, spec_of
+from node.models import build_model
+from node.training import accuracy, train_classifier
+
+app = ClientApp()
+
+
+def blob_to_array(blob: bytes) -> Array:
+    return Array(np.frombuffer(blob, dtype=np.uint8))
+
+
+def array_to_blob(array: Array) -> bytes:
+    return array.numpy().tobytes()
+
+
+@functools.lru_cache(maxsize=4)
+def _splits(data: DataConfig, partition_id: int, num_partitions: int, seed: int) -> tuple[Split, Split]:
+    return node_splits(data, partition_id, num_partitions, seed)
+
+
+class DataNode:
+    """One node's view of a message: its identity, its data, and the task's settings."""
+
+    def __init__(self, msg: Message, context: Context):
+        task = msg.content["task"]
+        self.task = task
+        self.partition_id = int(context.node_config["partition-id"])
+        self.num_partitions = int(context.node_config["num-partitions"])
+        self.seed = int(task["seed"])
+        self.data_cfg = DataConfig.model_validate_json(task["data"])
+        key_file = context.node_config.get("key-file") or Path(task["keys-dir"]) / f"node-{self.partition_id}.json"
+        self.account = load_key(Path(key_file))
+
+    @property
+    def splits(self) -> tuple[Split, Split]:
+        return _splits(self.data_cfg, self.partition_id, self.num_partitions, self.seed)
+
+    def domain(self) -> Domain:
+        return Domain(chain_id=int(self.task["chain-id"]), contract=str(self.task["contract"]))
+
+
+def _reply(msg: Message, **records) -> Message:
+    return Message(RecordDict(records), reply_to=msg)
+
+
+@app.query()
+def identify(msg: Message, context: Context) -> Message:
+    node = DataNode(msg, context)
+    train, test = node.splits
+    histogram = np.bincount(train.y.numpy(), minlength=spec_of(node.data_cfg.dataset).num_classes)
+    identity = ConfigRecord({"address": node.account.address, "partition-id": node.partition_id})
+    metrics = MetricRecord({"num-train": len(train), "num-test": len(test), "label-histogram": histogram.tolist()})
+    return _reply(msg, identity=identity, metrics=metrics)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    node = DataNode(msg, context)
+    torch.set_num_threads(1)  # one core per simulated node; also keeps float reductions in one order
+    cfg = TeacherConfig.model_validate_json(node.task["teacher"])
+    spec = spec_of(node.data_cfg.dataset)
+    train_split, _ = node.splits
+    torch.manual_seed(node.seed * 1000 + node.partition_id)
+    model = build_model(cfg.model, spec.input_shape, spec.num_classes)
+    loss = train_classifier(
+        model, train_split, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=node.seed + node.partition_id
+    )
+    blob = serialize(model, cfg.model, spec.input_shape, spec.num_classes)
+    publication = Publication(
+        node=node.account.address, model_hash=sha256(blob), kind=KIND_TEACHER, round=int(node.task["round"]),
+        run_id=node.task["run-id"], uri=str(node.task["uri"]), nonce=int(node.task["nonce"]),
+        deadline=int(node.task["deadline"]),
+    )
+    signed = ConfigRecord({
+        "address": node.account.address, "model-hash": publication.model_hash,
+        "signature": sign(node.account, publication, node.domain()),
+    })
+    metrics = MetricRecord({"train-loss": loss, "num-examples": len(train_split)})
+    return _reply(msg, weights=ArrayRecord({"safetensors": blob_to_array(blob)}), publication=signed, metrics=metrics)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Measure every model sent on the private test split; sign those the coordinator will relay."""
+    node = DataNode(msg, context)
+    torch.set_num_threads(1)
+    _, test_split = node.splits
+    models = msg.content["models"]
+    to_attest = list(node.task["attest"])
+    nonce, deadline = int(node.task["nonce"]), int(node.task["deadline"])
+    hashes, bps, signatures = [], [], []
+    for name in models.keys():
+        blob = array_to_blob(models[name])
+        model_hash = sha256(blob)  # the node signs what it measured, not what it was told
+        acc = accuracy(deserialize(blob, model_hash, owner="the coordinator"), test_split)
+        hashes.append(model_hash)
+        bps.append(round(acc * 10_000))
+    signed_hashes = [h for h in hashes if h in to_attest]
+    for i, model_hash in enumerate(signed_hashes):
+        att = Attestation(
+            node=node.account.address, model_hash=model_hash, run_id=node.task["run-id"],
+            accuracy_bps=bps[hashes.index(model_hash)], num_examples=len(test_split), nonce=nonce + i, deadline=deadline,
+        )
+        signatures.append(sign(node.account, att, node.domain()))
+    result = ConfigRecord({
+        "address": node.account.address, "model-hashes": hashes, "accuracy-bps": bps, "num-examples": len(test_split),
+        "signed-hashes": signed_hashes, "signatures": signatures, "nonce": nonce,
+    })
+    return _reply(msg, attestations=result)

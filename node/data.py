@@ -1,0 +1,128 @@
+"""Datasets by name and their partition into private per-node train and test splits.
+
+Partitions come from flwr-datasets partitioners over an in-memory `datasets.Dataset`, so every
+node computes its own share from the shared seed, and nobody ships data to anyone.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+from node.config import DataConfig
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    bounds: tuple[float, float] = (-1.0, 1.0)  # inputs are scaled into this range
+
+
+@dataclass(frozen=True)
+class Split:
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+class DatasetError(ValueError):
+    pass
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, DatasetSpec]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0) * 2.0 - 1.0
+    return x[:, None], bunch.target.astype(np.int64), SPECS["digits"]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    zero, dtype_code, ndim = raw[0:2], raw[2], raw[3]
+    if zero != b"\x00\x00" or dtype_code != 0x08:
+        raise DatasetError(f"{path}: not an unsigned-byte IDX file")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DatasetError(f"{path}: header says {shape} but the file holds {data.size} values")
+    return data.reshape(shape)
+
+
+def _idx_file(folder: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (folder / name).exists():
+            return folder / name
+    raise DatasetError(f"data.path: {folder} has no {stem}[.gz]")
+
+
+def _idx_dataset(name: str, folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, DatasetSpec]:
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
+    x = (images.astype(np.float32) / 255.0) * 2.0 - 1.0
+    return x[:, None], labels.astype(np.int64), SPECS[name]
+
+
+SPECS = {
+    "digits": DatasetSpec("digits", (1, 8, 8), 10),
+    "mnist": DatasetSpec("mnist", (1, 28, 28), 10),
+    "fashion-mnist": DatasetSpec("fashion-mnist", (1, 28, 28), 10),
+}
+# Datasets read from a local folder, with the folder used when data.path is not given.
+PATH_DATASETS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist"), "mnist": Path("data/mnist")}
+LOADERS = {
+    "digits": lambda folder, split: _digits(),
+    "mnist": lambda folder, split: _idx_dataset("mnist", folder, split),
+    "fashion-mnist": lambda folder, split: _idx_dataset("fashion-mnist", folder, split),
+}
+
+
+def load_dataset(cfg: DataConfig, split: str = "train") -> tuple[np.ndarray, np.ndarray, DatasetSpec]:
+    """A dataset's examples as arrays (x scaled to the spec's bounds, y class ids).
+
+    Nodes partition the train split; the test split is for benchmarks only.
+    """
+    if cfg.dataset not in LOADERS:
+        raise DatasetError(f"data.dataset: unknown dataset {cfg.dataset!r} (known: {', '.join(sorted(LOADERS))})")
+    folder = Path(cfg.path) if cfg.path else PATH_DATASETS.get(cfg.dataset)
+    return LOADERS[cfg.dataset](folder, split)
+
+
+def spec_of(name: str) -> DatasetSpec:
+    return SPECS[name]
+
+
+def node_splits(cfg: DataConfig, partition_id: int, num_partitions: int, seed: int) -> tuple[Split, Split]:
+    """The private train and test split of one node."""
+    x, y, _ = load_dataset(cfg)
+    table = Dataset.from_dict({"index": np.arange(len(y)), "label": y})
+    if cfg.partitioner == "dirichlet":
+        partitioner = DirichletPartitioner(
+            num_partitions, "label", cfg.alpha, min_partition_size=cfg.min_partition_size, seed=seed
+        )
+    else:
+        partitioner = IidPartitioner(num_partitions)
+        table = table.shuffle(seed=seed)  # IidPartitioner shards in order
+    partitioner.dataset = table
+    part = partitioner.load_partition(partition_id)
+    halves = part.train_test_split(test_size=cfg.test_fraction, seed=seed)
+
+    def split(ds: Dataset) -> Split:
+        idx = np.asarray(ds["index"])
+        return Split(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]))
+
+    return split(halves["train"]), split(halves["test"])

@@ -1,0 +1,87 @@
+"""The interface every data-free method implements, and the registry that names them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+METHODS: dict[str, type["Synthesizer"]] = {}
+
+
+class MethodError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class InputSpace:
+    """Where inputs live: their shape and the range the data was scaled into."""
+
+    shape: tuple[int, ...]
+    low: float = -1.0
+    high: float = 1.0
+
+
+class Options(BaseModel):
+    """A method's own settings; unknown keys are errors that name the field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Synthesizer:
+    """Makes the inputs a student is distilled on, from the teacher alone.
+
+    An offline method (`online = False`) yields its whole transfer set once from `synthesize()`;
+    an online one yields fresh batches during student training and may look at the student (which
+    is why the student is given here, and must never be the teacher).
+    """
+
+    name: ClassVar[str]
+    online: ClassVar[bool] = False
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, space: InputSpace, options: dict,
+                 *, samples: int, seed: int, device: torch.device):
+        if teacher is student:
+            raise MethodError(f"{self.name}: the student must be a different network from the teacher")
+        try:
+            self.options = self.Options(**options)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise MethodError(f"distill.options.{where}: {err['msg']} (method {self.name})") from None
+        self.teacher, self.student, self.space = teacher, student, space
+        self.samples, self.device = samples, device
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    def synthesize(self) -> Iterator[torch.Tensor]:
+        """Yield batches of synthetic inputs in `space` (on `device`)."""
+        raise NotImplementedError
+
+    def noise(self, n: int) -> torch.Tensor:
+        """Uniform noise over the input range, from this method's own seeded generator."""
+        u = torch.rand((n, *self.space.shape), generator=self.generator)
+        return (self.space.low + (self.space.high - self.space.low) * u).to(self.device)
+
+    def clamp_(self, x: torch.Tensor) -> torch.Tensor:
+        """Project onto the input range: synthetic inputs stay where real ones could be."""
+        return x.clamp_(self.space.low, self.space.high)
+
+
+def register_method(name: str):
+    def add(cls):
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return add
+
+
+def build_synthesizer(name: str, teacher, student, space: InputSpace, options: dict, **kw) -> Synthesizer:
+    if name not in METHODS:
+        raise MethodError(f"distill.method: unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
+    return METHODS[name](teacher, student, space, options, **kw)

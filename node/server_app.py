@@ -1,0 +1,248 @@
+"""The coordinator and distiller: a Flower ServerApp.
+
+One run, in four phases (docs/architecture.md has the picture):
+1. identify: every data node reports its address and split sizes; only DATA_NODE addresses take part;
+2. teachers: every node trains a teacher and signs its hash; the coordinator stores the bytes and
+   relays the signature to ModelRegistry;
+3. distill: the teacher files are checked against their on-chain hashes, then a data-free method
+   makes the student, which the distiller commits with its lineage;
+4. evaluate: the student and each node's teacher go back to the node, which measures them on its
+   private test split and signs; the coordinator relays each attestation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eth_account.signers.local import LocalAccount
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from chain.identity import KIND_TEACHER, Attestation, Publication
+from chain.registry import Registry, RegistryError
+from node.artifacts import ArtifactStore
+from node.client_app import array_to_blob, blob_to_array
+from node.config import DataConfig, DistillConfig, TeacherConfig
+from node.data import spec_of
+from node.distiller import distill_student, load_teachers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeRecord:
+    node_id: int
+    partition_id: int
+    address: str
+    num_train: int = 0
+    num_test: int = 0
+    label_histogram: list[int] = field(default_factory=list)
+    teacher_hash: bytes | None = None
+    accuracy_bps: dict[str, int] = field(default_factory=dict)  # model hash (hex) -> what the node measured
+    error: str | None = None
+
+
+@dataclass
+class RunLedger:
+    """What happened, for the report: nodes, models, every transaction."""
+
+    nodes: list[NodeRecord] = field(default_factory=list)
+    student_hash: bytes | None = None
+    transactions: list[dict] = field(default_factory=list)
+    distill: dict = field(default_factory=dict)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    def tx(self, what: str, receipt: dict, **extra) -> str:
+        tx_hash = receipt["transactionHash"].to_0x_hex()
+        self.transactions.append({"what": what, "tx": tx_hash, "block": receipt["blockNumber"],
+                                  "gas": receipt["gasUsed"], **extra})
+        return tx_hash
+
+
+@dataclass
+class Coordinator:
+    registry: Registry
+    relayer: LocalAccount
+    distiller: LocalAccount
+    store: ArtifactStore
+    run_id: bytes
+    config_hash: bytes
+    seed: int
+    num_nodes: int
+    data: DataConfig
+    teacher: TeacherConfig
+    distill: DistillConfig
+    keys_dir: Path
+    uri: str = "file:store"
+    progress: Callable[[str, int, int], None] = lambda phase, done, total: None
+    ledger: RunLedger = field(default_factory=RunLedger)
+    transfer: object = None  # the distiller's synthetic inputs, for the report's sample grid
+    error: BaseException | None = None
+
+    # -- messages ----------------------------------------------------------------------------
+    def _task(self, **extra) -> ConfigRecord:
+        return ConfigRecord({
+            "seed": self.seed, "data": self.data.model_dump_json(), "teacher": self.teacher.model_dump_json(),
+            "keys-dir": str(self.keys_dir), "run-id": self.run_id, "uri": self.uri,
+            "chain-id": self.registry.domain().chain_id, "contract": self.registry.address, **extra,
+        })
+
+    def _exchange(self, grid: Grid, kind: str, contents: dict[int, RecordDict]) -> dict[int, Message]:
+        messages = [Message(content, dst_node_id=nid, message_type=kind) for nid, content in contents.items()]
+        replies = {}
+        for reply in grid.send_and_receive(messages):
+            replies[reply.metadata.src_node_id] = reply
+        return replies
+
+    def _failed(self, record: NodeRecord, reply: Message | None, phase: str) -> bool:
+        if reply is None or reply.has_error():
+            reason = "no reply" if reply is None else reply.error.reason.strip().splitlines()[-1]
+            record.error = f"{phase}: {reason}"
+            log.warning("node %s failed in %s: %s", record.address, phase, reason)
+            return True
+        return False
+
+    # -- phases ------------------------------------------------------------------------------
+    def identify(self, grid: Grid) -> None:
+        deadline = time.monotonic() + 120
+        node_ids = list(grid.get_node_ids())
+        while len(node_ids) < self.num_nodes and time.monotonic() < deadline:
+            time.sleep(0.5)
+            node_ids = list(grid.get_node_ids())
+        replies = self._exchange(grid, MessageType.QUERY, {nid: RecordDict({"task": self._task()}) for nid in node_ids})
+        self.progress("identify", len(replies), len(node_ids))
+        for nid, reply in sorted(replies.items(), key=lambda kv: kv[0]):
+            if reply.has_error():
+                log.warning("node %s did not identify itself: %s", nid, reply.error.reason)
+                continue
+            ident, metrics = reply.content["identity"], reply.content["metrics"]
+            record = NodeRecord(nid, int(ident["partition-id"]), str(ident["address"]), int(metrics["num-train"]),
+                                int(metrics["num-test"]), list(metrics["label-histogram"]))
+            if not self.registry.has_role("DATA_NODE", record.address):
+                record.error = "identify: address lacks the DATA_NODE role"
+            self.ledger.nodes.append(record)
+        self.ledger.nodes.sort(key=lambda r: r.partition_id)
+        if not self.active:
+            raise RuntimeError("no data node with the DATA_NODE role answered")
+
+    @property
+    def active(self) -> list[NodeRecord]:
+        return [r for r in self.ledger.nodes if r.error is None]
+
+    def train_teachers(self, grid: Grid) -> None:
+        deadline = self.registry.deadline()
+        contents = {
+            r.node_id: RecordDict({"task": self._task(nonce=self.registry.nonce(r.address), deadline=deadline, round=0)})
+            for r in self.active
+        }
+        replies = self._exchange(grid, MessageType.TRAIN, contents)
+        for done, record in enumerate(self.active, 1):
+            reply = replies.get(record.node_id)
+            if self._failed(record, reply, "train"):
+                continue
+            signed = reply.content["publication"]
+            blob = array_to_blob(reply.content["weights"]["safetensors"])
+            self.store.put(blob)  # content-addressed by what arrived; the chain gets what the node signed
+            task = contents[record.node_id]["task"]
+            publication = Publication(
+                node=record.address, model_hash=bytes(signed["model-hash"]), kind=KIND_TEACHER, round=0,
+                run_id=self.run_id, uri=self.uri, nonce=int(task["nonce"]), deadline=int(task["deadline"]),
+            )
+            existing = self.registry.model(publication.model_hash)
+            if existing.registered and existing.owner == record.address:
+                log.info("teacher 0x%s of %s is already on-chain (block %d)", publication.model_hash.hex(),
+                         record.address, existing.block)
+            else:
+                try:
+                    receipt = self.registry.register_teacher(publication, bytes(signed["signature"]), self.relayer)
+                except RegistryError as exc:  # this node's publication is refused; the others go on
+                    record.error = f"register: {exc}"
+                    continue
+                self.ledger.tx("TeacherRegistered", receipt, node=record.address, model=publication.model_hash.hex())
+            record.teacher_hash = publication.model_hash
+            self.progress("teachers", done, len(self.active))
+
+    def distill_student(self) -> None:
+        with_teacher = [r for r in self.active if r.teacher_hash is not None]
+        if not with_teacher:
+            raise RuntimeError("no teacher was registered: nothing to distil from")
+        for r in with_teacher:  # the chain, not the store, says what each teacher is
+            on_chain = self.registry.model(r.teacher_hash)
+            if not on_chain.registered or on_chain.owner != r.address:
+                raise RuntimeError(f"teacher 0x{r.teacher_hash.hex()} of node {r.address} is not registered to it")
+        teachers = load_teachers(self.store, [(r.teacher_hash, f"node {r.address}") for r in with_teacher])
+        weights = [float(r.num_train) for r in with_teacher]
+        blob, result = distill_student(
+            teachers, weights, self.distill, spec_of(self.data.dataset), seed=self.seed,
+            progress=lambda stage, done, total: self.progress(f"distill:{stage}", done, total),
+        )
+        student_hash = self.store.put(blob)
+        existing = self.registry.model(student_hash)
+        if not existing.registered:
+            receipt = self.registry.commit_student(
+                student_hash, self.run_id, [r.teacher_hash for r in with_teacher], self.distill.method,
+                self.config_hash, len(result.transfer), self.uri, self.distiller,
+            )
+            self.ledger.tx("StudentCommitted", receipt, model=student_hash.hex())
+        self.ledger.student_hash = student_hash
+        self.ledger.distill = {
+            "method": self.distill.method, "samples": len(result.transfer), "synthesis_s": result.synthesis_s,
+            "training_s": result.training_s, "losses": result.losses, "device": str(next(result.student.parameters()).device),
+        }
+        self.transfer = result.transfer
+
+    def evaluate(self, grid: Grid) -> None:
+        student = self.ledger.student_hash
+        deadline = self.registry.deadline()
+        contents = {}
+        for r in self.active:
+            models = [student] + ([r.teacher_hash] if r.teacher_hash else [])
+            attest = [h for h in models if self.registry.accuracy(h, r.address)[2] == 0]
+            contents[r.node_id] = RecordDict({
+                "task": self._task(nonce=self.registry.nonce(r.address), deadline=deadline, attest=attest),
+                "models": ArrayRecord({h.hex(): blob_to_array(self.store.get(h)) for h in models}),
+            })
+        replies = self._exchange(grid, MessageType.EVALUATE, contents)
+        for done, record in enumerate(self.active, 1):
+            reply = replies.get(record.node_id)
+            if self._failed(record, reply, "evaluate"):
+                continue
+            result = reply.content["attestations"]
+            measured = dict(zip((bytes(h) for h in result["model-hashes"]), result["accuracy-bps"]))
+            record.accuracy_bps = {h.hex(): int(b) for h, b in measured.items()}
+            for i, (model_hash, signature) in enumerate(zip(result["signed-hashes"], result["signatures"])):
+                model_hash = bytes(model_hash)
+                att = Attestation(
+                    node=record.address, model_hash=model_hash, run_id=self.run_id, accuracy_bps=int(measured[model_hash]),
+                    num_examples=int(result["num-examples"]), nonce=int(result["nonce"]) + i, deadline=deadline,
+                )
+                receipt = self.registry.attest(att, bytes(signature), self.relayer)
+                kind = "student" if model_hash == student else "teacher"
+                self.ledger.tx("AccuracyAttested", receipt, node=record.address, model=model_hash.hex(), kind=kind)
+            self.progress("evaluate", done, len(self.active))
+
+    def run(self, grid: Grid) -> None:
+        for name, phase in (("identify", lambda: self.identify(grid)), ("teachers", lambda: self.train_teachers(grid)),
+                            ("distill", self.distill_student), ("evaluate", lambda: self.evaluate(grid))):
+            start = time.perf_counter()
+            phase()
+            self.ledger.phase_seconds[name] = time.perf_counter() - start
+
+
+def make_server_app(coordinator: Coordinator) -> ServerApp:
+    """A ServerApp that runs `coordinator`; an error is kept on it for the caller, not lost in a thread."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            coordinator.run(grid)
+        except BaseException as exc:  # the simulation runs us in a thread: hand the error back
+            coordinator.error = exc
+            raise
+
+    return app

@@ -1,0 +1,1 @@
+"""Scenarios, the runner that plays them, reports, benchmarks and the `kdledger` CLI."""

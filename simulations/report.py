@@ -1,0 +1,100 @@
+"""The run directory: report.md, metrics.json, chain.json, the scenario as run, and the table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+
+def short(value: str | None, keep: int = 10) -> str:
+    return "-" if not value else value[:keep] + "…"
+
+
+def node_rows(result) -> list[dict]:
+    """One row per data node: sizes, what it measured, and the transactions that recorded it."""
+    ledger = result.ledger
+    student = ledger.student_hash.hex() if ledger.student_hash else None
+    txs = ledger.transactions
+    rows = []
+    for r in ledger.nodes:
+        teacher = r.teacher_hash.hex() if r.teacher_hash else None
+
+        def tx_of(what, model, node=r.address):
+            return next((t["tx"] for t in txs if t["what"] == what and t.get("model") == model and t.get("node") == node), None)
+
+        teacher_bps, student_bps = r.accuracy_bps.get(teacher), r.accuracy_bps.get(student)
+        rows.append({
+            "node": r.address, "partition": r.partition_id, "train": r.num_train, "test": r.num_test,
+            "label_histogram": r.label_histogram, "teacher_hash": teacher,
+            "teacher_accuracy": None if teacher_bps is None else teacher_bps / 10_000,
+            "student_accuracy": None if student_bps is None else student_bps / 10_000,
+            "teacher_tx": tx_of("TeacherRegistered", teacher), "student_attest_tx": tx_of("AccuracyAttested", student),
+            "error": r.error,
+        })
+    return rows
+
+
+def weighted_mean(rows: list[dict], key: str) -> float | None:
+    pairs = [(row[key], row["test"]) for row in rows if row[key] is not None]
+    total = sum(n for _, n in pairs)
+    return sum(a * n for a, n in pairs) / total if total else None
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def write_run_dir(result, transfer=None) -> None:
+    out = result.out_dir
+    rows = node_rows(result)
+    ledger = result.ledger
+    metrics = {
+        "scenario": result.scenario.name,
+        "wall_seconds": result.wall_s,
+        "phase_seconds": ledger.phase_seconds,
+        "student_hash": "0x" + ledger.student_hash.hex() if ledger.student_hash else None,
+        "distill": ledger.distill,
+        "nodes": rows,
+        "weighted_mean": {"teacher_accuracy": weighted_mean(rows, "teacher_accuracy"),
+                          "student_accuracy": weighted_mean(rows, "student_accuracy")},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    (out / "chain.json").write_text(json.dumps(result.chain, indent=1) + "\n")
+    (out / "scenario.yaml").write_text(yaml.safe_dump(result.scenario.model_dump(mode="json"), sort_keys=False))
+    (out / "report.md").write_text(render_report(result, rows, metrics))
+
+
+def render_report(result, rows, metrics) -> str:
+    s, chain, d = result.scenario, result.chain, result.ledger.distill
+    lines = [
+        f"# kdledger run `{s.name}`", "",
+        f"{s.nodes} data nodes on `{s.data.dataset}` ({s.data.partitioner}, alpha {s.data.alpha}); "
+        f"teachers `{s.teacher.model}`; student `{s.distill.student}` by `{s.distill.method}` "
+        f"from {d.get('samples', 0)} synthetic samples on {d.get('device', '?')}.", "",
+        "Accuracies are each node's own measurement on its private test split, signed by the node and "
+        "attested on-chain.", "",
+        "| node | train | test | teacher acc % | student acc % | teacher tx | student attestation tx |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        note = f" ({r['error']})" if r["error"] else ""
+        lines.append(f"| `{r['node']}`{note} | {r['train']} | {r['test']} | {_pct(r['teacher_accuracy'])} | "
+                     f"{_pct(r['student_accuracy'])} | `{short(r['teacher_tx'], 18)}` | `{short(r['student_attest_tx'], 18)}` |")
+    wm = metrics["weighted_mean"]
+    lines += [f"| weighted mean |  |  | {_pct(wm['teacher_accuracy'])} | {_pct(wm['student_accuracy'])} |  |  |", ""]
+    lines += [
+        "## Chain", "",
+        f"- backend: {chain['backend']}, chain id {chain['chain_id']}",
+        f"- ModelRegistry: `{chain['contract']}`",
+        f"- run id: `{chain['run_id']}`; configuration hash: `{chain['config_hash']}`",
+        f"- student: `{metrics['student_hash']}`",
+        f"- blocks {chain['from_block']}..{chain['to_block']}, {len(chain['transactions'])} transactions, "
+        f"{len(result.events)} events (`kdledger events --run {result.out_dir}`)", "",
+        "## Timing", "",
+        *(f"- {phase}: {sec:.1f} s" for phase, sec in metrics["phase_seconds"].items()),
+        f"- synthesis {d.get('synthesis_s', 0):.1f} s, student training {d.get('training_s', 0):.1f} s",
+        f"- whole run: {metrics['wall_seconds']:.1f} s", "",
+    ]
+    return "\n".join(lines)

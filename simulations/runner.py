@@ -1,0 +1,150 @@
+"""Plays a scenario: chain up, identities provisioned, a Flower simulation, the run directory written."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from chain.backends import connect, is_embedded
+from chain.events import fetch_events, write_export
+from chain.identity import derive_account, run_id_of, save_key
+from chain.registry import Registry, fund
+from node.artifacts import ArtifactStore
+from node.server_app import Coordinator, RunLedger
+from simulations.scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    scenario: Scenario
+    ledger: RunLedger
+    chain: dict
+    events: list[dict]
+    wall_s: float
+
+
+def choose_run_dir(out: Path | None, name: str, runs_root: Path = Path("runs")) -> Path:
+    """`out` if given (it must be new or empty); else runs/<name>, or runs/<name>-2, ... if taken."""
+    if out is not None:
+        out = Path(out)
+        if out.exists() and any(out.iterdir()):
+            raise RunFailed(f"--out {out}: directory exists and is not empty (nothing is overwritten)")
+        return out
+    candidate, n = runs_root / name, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = runs_root / f"{name}-{n}"
+    return candidate
+
+
+def provision(scenario: Scenario, w3, out_dir: Path, setup_txs: list[dict]):
+    """Parties and roles: node keys (0600 files), the coordinator's accounts, the registry."""
+    seed = scenario.seed
+    admin, relayer, distiller = (derive_account(seed, label) for label in ("admin", "relayer", "distiller"))
+    nodes = [derive_account(seed, f"node-{i}") for i in range(scenario.nodes)]
+    for i, account in enumerate(nodes):
+        save_key(account, out_dir / "keys" / f"node-{i}.json")
+    fund(w3, [admin.address, relayer.address, distiller.address])
+    if scenario.chain.registry:
+        registry = Registry(w3, scenario.chain.registry)
+        if not w3.eth.get_code(registry.address):
+            raise RunFailed(f"chain.registry: no contract at {registry.address} on {scenario.chain.rpc_url}")
+    else:
+        registry, tx = Registry.deploy(w3, admin)
+        setup_txs.append({"what": "deploy ModelRegistry", "tx": tx})
+    grants = [("RELAYER", relayer.address), ("DISTILLER", distiller.address)] + [("DATA_NODE", a.address) for a in nodes]
+    for role, address in grants:
+        if not registry.has_role(role, address):
+            setup_txs.append({"what": f"grant {role}", "account": address, "tx": registry.grant(role, address, admin)})
+    return registry, admin, relayer, distiller
+
+
+def run_scenario(
+    scenario: Scenario, out: Path | None = None, *, progress: Callable[[str, int, int], None] | None = None,
+    verbose: bool = False,
+) -> RunResult:
+    from flwr.simulation import run_simulation
+
+    from node.client_app import app as client_app
+    from node.server_app import make_server_app
+    from simulations.report import write_run_dir
+
+    started = time.perf_counter()
+    out_dir = choose_run_dir(out, scenario.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.update(QUIET_ENV)
+    os.environ["FLWR_HOME"] = str((out_dir / ".flwr").resolve())
+
+    w3 = connect(scenario.chain.rpc_url)
+    first_block = w3.eth.block_number + 1
+    setup_txs: list[dict] = []
+    registry, _, relayer, distiller = provision(scenario, w3, out_dir, setup_txs)
+    config_hash = scenario.config_hash()
+    run_id = run_id_of(f"{scenario.name}@{datetime.now(timezone.utc).isoformat()}", config_hash)
+    coordinator = Coordinator(
+        registry=registry, relayer=relayer, distiller=distiller, store=ArtifactStore(out_dir / "store"),
+        run_id=run_id, config_hash=config_hash, seed=scenario.seed, num_nodes=scenario.nodes, data=scenario.data,
+        teacher=scenario.teacher, distill=scenario.distill, keys_dir=(out_dir / "keys").resolve(),
+        progress=progress or (lambda phase, done, total: None),
+    )
+    backend_config = {
+        "client_resources": {"num_cpus": scenario.simulation.cpus_per_node, "num_gpus": 0.0},
+        "init_args": {"include_dashboard": False, "logging_level": "INFO" if verbose else "ERROR",
+                      **({"num_cpus": scenario.simulation.num_cpus} if scenario.simulation.num_cpus else {})},
+    }
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    if not verbose:  # run_simulation warns that it is deprecated on every call; we know
+        flwr_log.setLevel(logging.ERROR)
+    try:
+        run_simulation(make_server_app(coordinator), client_app, scenario.nodes, backend_config=backend_config,
+                       verbose_logging=verbose)
+    finally:
+        flwr_log.setLevel(level)
+    if coordinator.error is not None:
+        raise RunFailed(f"run {scenario.name}: {coordinator.error}") from coordinator.error
+
+    events = fetch_events(w3, registry.address, first_block)
+    chain = {
+        "backend": "embedded py-evm (eth-tester)" if is_embedded(w3) else scenario.chain.rpc_url,
+        "rpc_url": scenario.chain.rpc_url,
+        "chain_id": w3.eth.chain_id,
+        "contract": registry.address,
+        "run_id": "0x" + run_id.hex(),
+        "config_hash": "0x" + config_hash.hex(),
+        "from_block": first_block,
+        "to_block": w3.eth.block_number,
+        "transactions": setup_txs + coordinator.ledger.transactions,
+    }
+    result = RunResult(out_dir, scenario, coordinator.ledger, chain, events, time.perf_counter() - started)
+    write_export(events, out_dir / "events.json")
+    write_run_dir(result, transfer=coordinator.transfer)
+    return result
+
+
+def load_chain_info(run_dir: Path) -> dict:
+    path = Path(run_dir) / "chain.json"
+    if not path.exists():
+        raise RunFailed(f"--run {run_dir}: no chain.json there (is it a kdledger run directory?)")
+    return json.loads(path.read_text())

@@ -1,0 +1,103 @@
+"""The scenario file: one YAML document, validated into these models (docs/configuration.md).
+
+Unknown keys and wrong types are errors that name the field; so are unknown datasets, models and
+methods, and a dataset path that does not exist, all before anything starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from node.config import DataConfig, DistillConfig, Strict, TeacherConfig
+from node.data import LOADERS, PATH_DATASETS
+from node.dfkd import METHODS, MethodError
+from node.models import MODELS
+
+
+class ScenarioError(ValueError):
+    """A mistake in a scenario file; the message names the file and the field."""
+
+
+class ChainConfig(Strict):
+    rpc_url: str | None = Field(None, description="JSON-RPC endpoint; empty runs the embedded py-evm chain")
+    registry: str | None = Field(None, description="address of an existing ModelRegistry to reuse (rpc_url only)")
+
+
+class SimulationConfig(Strict):
+    cpus_per_node: float = Field(1.0, gt=0, description="Ray CPUs per simulated node")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs Ray may use (default: all)")
+
+
+class Scenario(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    nodes: int = Field(4, ge=1, le=1000)
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    distill: DistillConfig = DistillConfig()
+    chain: ChainConfig = ChainConfig()
+    simulation: SimulationConfig = SimulationConfig()
+
+    @model_validator(mode="after")
+    def _names_exist(self):
+        if self.data.dataset not in LOADERS:
+            raise ValueError(f"data.dataset: unknown dataset {self.data.dataset!r} (known: {', '.join(sorted(LOADERS))})")
+        if self.data.dataset in PATH_DATASETS:
+            path = self.data.path or PATH_DATASETS[self.data.dataset]
+            if not Path(path).is_dir():
+                raise ValueError(f"data.path: {path} does not exist (dataset {self.data.dataset!r} is read from a local folder)")
+        for field, name in (("teacher.model", self.teacher.model), ("distill.student", self.distill.student)):
+            if name not in MODELS:
+                raise ValueError(f"{field}: unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
+        if self.distill.method not in METHODS:
+            raise ValueError(f"distill.method: unknown method {self.distill.method!r} (known: {', '.join(sorted(METHODS))})")
+        try:
+            METHODS[self.distill.method].Options(**self.distill.options)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ValueError(f"distill.options.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        if self.chain.registry and not self.chain.rpc_url:
+            raise ValueError("chain.registry: reusing a registry needs chain.rpc_url (the embedded chain starts empty)")
+        return self
+
+    def config_hash(self) -> bytes:
+        """SHA-256 of everything that decides the result (not where the chain runs or how many CPUs)."""
+        decisive = self.model_dump(mode="json", include={"seed", "nodes", "data", "teacher", "distill"})
+        return hashlib.sha256(json.dumps(decisive, sort_keys=True, separators=(",", ":")).encode()).digest()
+
+
+def _format(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{where}: {msg}" if where and not msg.startswith(where) else msg)
+    return "; ".join(lines)
+
+
+def load_scenario(path: Path) -> Scenario:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ScenarioError(f"{path}:{where}: not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{path}: a scenario is a mapping of keys (name, nodes, data, ...)")
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as exc:
+        raise ScenarioError(f"{path}: {_format(exc)}") from None
+
+
+__all__ = ["Scenario", "ScenarioError", "load_scenario", "MethodError"]
