@@ -7,6 +7,7 @@ the backend reports them (eth-tester raises TransactionFailed, JSON-RPC raises C
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 
 from eth_abi import decode as abi_decode
@@ -65,9 +66,10 @@ def _revert_data(exc: Exception) -> bytes | None:
     for c in candidates:
         if isinstance(c, bytes) and len(c) >= 4:
             return c
-        if isinstance(c, str) and "b'" in c:  # eth-tester: "execution reverted: b'...'"
+        literal = re.search(r"""b['"]""", c) if isinstance(c, str) else None
+        if literal:  # eth-tester: "execution reverted: b'...'" (or b"..." when the data holds a quote)
             try:
-                return ast.literal_eval(c[c.index("b'"):])
+                return ast.literal_eval(c[literal.start():])
             except (ValueError, SyntaxError):
                 continue
         if isinstance(c, str):

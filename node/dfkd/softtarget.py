@@ -51,6 +51,13 @@ def correlation_from_weights(weight: torch.Tensor) -> torch.Tensor:
     return w_hat @ w_hat.T
 
 
+def sample_feature_space(weight: torch.Tensor, n: int, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """n draws of s ~ N(0, sigma R), R from `weight` (Eq. 3, 5), as s = sqrt(sigma) W_hat z."""
+    w_hat = F.normalize(weight, dim=1)
+    z = torch.randn((n, w_hat.shape[1]), generator=generator).to(w_hat.device)
+    return (sigma**0.5) * z @ w_hat.T
+
+
 @register_method("softtarget")
 class SoftTarget(Synthesizer):
     Options = SoftTargetOptions
@@ -60,9 +67,7 @@ class SoftTarget(Synthesizer):
         o = self.options
         with torch.no_grad():
             layer = teacher.fc_penult if o.space == "fc2" else teacher.head[-1]
-            w_hat = F.normalize(layer.weight, dim=1)
-            z = torch.randn((n, w_hat.shape[1]), generator=self.generator).to(w_hat.device)
-            s = (o.sigma**0.5) * z @ w_hat.T  # covariance sigma * R, R = W_hat W_hat^T (Eq. 3, 5)
+            s = sample_feature_space(layer.weight, n, o.sigma, self.generator)
             logits = teacher.head(s) if o.space == "fc2" else s
             return F.softmax(logits / o.temperature, dim=1)
 

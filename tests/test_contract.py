@@ -1,0 +1,150 @@
+"""ModelRegistry on py-evm: the relayer pattern, and every way a write must be refused."""
+
+import hashlib
+
+import pytest
+
+from chain.compiler import compile_registry, load_artifact, resolve_solc
+from chain.identity import KIND_TEACHER, Attestation, Publication, recover, sign
+from chain.registry import RegistryError
+
+RUN = hashlib.sha256(b"run").digest()
+
+
+def h(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def publication(d, signer, model_hash, *, nonce=None, deadline=None, kind=KIND_TEACHER):
+    return Publication(
+        node=signer.address, model_hash=model_hash, kind=kind, round=0, run_id=RUN, uri="file:store",
+        nonce=d.registry.nonce(signer.address) if nonce is None else nonce,
+        deadline=d.registry.deadline() if deadline is None else deadline,
+    )
+
+
+def publish(d, signer, model_hash, **kw):
+    pub = publication(d, signer, model_hash, **kw)
+    return d.registry.register_teacher(pub, sign(signer, pub, d.registry.domain()), d.relayer)
+
+
+def attestation(d, signer, model_hash, bps=9000):
+    return Attestation(node=signer.address, model_hash=model_hash, run_id=RUN, accuracy_bps=bps, num_examples=100,
+                       nonce=d.registry.nonce(signer.address), deadline=d.registry.deadline())
+
+
+def reverts(name):
+    return pytest.raises(RegistryError, match=rf"^{name}\(")
+
+
+def test_fresh_compile_reproduces_committed_artifact():
+    try:
+        solc = resolve_solc()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    fresh, committed = compile_registry(solc), load_artifact()
+    assert fresh["abi"] == committed["abi"]
+    assert fresh["bytecode"] == committed["bytecode"]
+
+
+def test_signed_publication_is_recorded_and_emitted(deployed):
+    d = deployed
+    receipt = publish(d, d.node, h("teacher"))
+    record = d.registry.model(h("teacher"))
+    assert (record.owner, record.kind, record.block) == (d.node.address, KIND_TEACHER, receipt["blockNumber"])
+    assert d.registry.nonce(d.node.address) == 1
+    (event,) = d.registry.contract.events.TeacherRegistered().process_receipt(receipt)
+    assert event["args"]["modelHash"] == h("teacher") and event["args"]["node"] == d.node.address
+    assert receipt["gasUsed"] <= 90_000  # gas is deterministic: the issue's budget for a registration
+
+
+def test_python_recovers_the_signer_the_contract_recovers(deployed):
+    d = deployed
+    pub = publication(d, d.node, h("x"))
+    assert recover(pub, d.registry.domain(), sign(d.node, pub, d.registry.domain())) == d.node.address
+
+
+def test_signer_without_data_node_role_is_rejected(deployed):
+    d = deployed
+    with reverts("SignerLacksRole"):
+        publish(d, d.outsider, h("rogue"))
+    assert not d.registry.model(h("rogue")).registered
+
+
+def test_replayed_signature_is_rejected(deployed):
+    d = deployed
+    pub = publication(d, d.node, h("once"))
+    sig = sign(d.node, pub, d.registry.domain())
+    d.registry.register_teacher(pub, sig, d.relayer)
+    with reverts("InvalidAccountNonce"):
+        d.registry.register_teacher(pub, sig, d.relayer)
+    assert d.registry.nonce(d.node.address) == 1
+
+
+def test_expired_deadline_is_rejected(deployed):
+    d = deployed
+    late = d.w3.eth.get_block("latest")["timestamp"] - 1
+    with reverts("SignatureExpired"):
+        publish(d, d.node, h("late"), deadline=late)
+    assert not d.registry.model(h("late")).registered
+
+
+def test_sender_without_relayer_role_is_rejected(deployed):
+    d = deployed
+    pub = publication(d, d.node, h("direct"))
+    with reverts("AccessControlUnauthorizedAccount"):
+        d.registry.register_teacher(pub, sign(d.node, pub, d.registry.domain()), d.outsider)
+    assert not d.registry.model(h("direct")).registered
+
+
+def test_signature_over_different_fields_is_rejected(deployed):
+    d = deployed
+    signed = publication(d, d.node, h("what was signed"))
+    submitted = publication(d, d.node, h("what was submitted"))
+    with reverts("InvalidSigner"):
+        d.registry.register_teacher(submitted, sign(d.node, signed, d.registry.domain()), d.relayer)
+    assert not d.registry.model(h("what was submitted")).registered
+
+
+def test_a_hash_is_registered_once(deployed):
+    d = deployed
+    publish(d, d.node, h("dup"))
+    with reverts("ModelAlreadyRegistered"):
+        publish(d, d.other_node, h("dup"))
+    assert d.registry.model(h("dup")).owner == d.node.address
+
+
+def test_student_must_name_registered_teachers(deployed):
+    d = deployed
+    publish(d, d.node, h("t1"))
+    with reverts("UnknownModel"):
+        d.registry.commit_student(h("s"), RUN, [h("t1"), h("nobody")], "softtarget", h("cfg"), 10, "", d.distiller)
+    assert not d.registry.model(h("s")).registered
+    receipt = d.registry.commit_student(h("s"), RUN, [h("t1")], "softtarget", h("cfg"), 10, "", d.distiller)
+    lineage = d.registry.lineage(h("s"))
+    assert lineage.teacher_hashes == (h("t1"),) and lineage.method == "softtarget" and lineage.sample_count == 10
+    assert receipt["status"] == 1
+
+
+def test_only_a_distiller_commits_students(deployed):
+    d = deployed
+    publish(d, d.node, h("t"))
+    with reverts("AccessControlUnauthorizedAccount"):
+        d.registry.commit_student(h("s"), RUN, [h("t")], "noise", h("cfg"), 1, "", d.relayer)
+
+
+def test_attestation_only_from_a_data_node_and_once(deployed):
+    d = deployed
+    publish(d, d.node, h("m"))
+    bad = attestation(d, d.outsider, h("m"))
+    with reverts("SignerLacksRole"):
+        d.registry.attest(bad, sign(d.outsider, bad, d.registry.domain()), d.relayer)
+    good = attestation(d, d.other_node, h("m"), bps=8123)
+    d.registry.attest(good, sign(d.other_node, good, d.registry.domain()), d.relayer)
+    assert d.registry.accuracy(h("m"), d.other_node.address)[:2] == (8123, 100)
+    again = attestation(d, d.other_node, h("m"))
+    with reverts("AlreadyAttested"):
+        d.registry.attest(again, sign(d.other_node, again, d.registry.domain()), d.relayer)
+    unknown = attestation(d, d.node, h("never registered"))
+    with reverts("UnknownModel"):
+        d.registry.attest(unknown, sign(d.node, unknown, d.registry.domain()), d.relayer)

@@ -1,0 +1,113 @@
+"""A reduced quickstart through the real stack: py-evm, Flower on Ray, DFKD, attestations, the CLI."""
+
+import hashlib
+import json
+import stat
+
+import pytest
+import yaml
+
+from conftest import ROOT, kdledger
+from node.artifacts import ArtifactStore, TamperedArtifact
+
+NODES = 3
+
+
+def reduced_quickstart(tmp_path):
+    spec = yaml.safe_load((ROOT / "simulations/scenarios/quickstart.yaml").read_text())
+    spec["name"] = "quickstart-ci"
+    spec["nodes"] = NODES
+    spec["teacher"]["epochs"] = 8
+    spec["distill"].update(samples=500, epochs=40, batch_size=64)
+    spec["distill"]["options"].update(iterations=50)
+    path = tmp_path / "quickstart-ci.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same scenario twice (for determinism); the first run is inspected."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    scenario = reduced_quickstart(tmp)
+    out = []
+    for i in range(2):
+        done = kdledger("run", str(scenario), "--out", str(tmp / f"run{i}"))
+        assert done.returncode == 0, done.stderr[-3000:]
+        out.append((tmp / f"run{i}", done))
+    return out
+
+
+def test_cli_prints_the_per_node_table(runs):
+    _, done = runs[0]
+    assert "teacher acc %" in done.stdout and "student acc %" in done.stdout and "weighted mean" in done.stdout
+    for name in ("report.md", "metrics.json", "chain.json", "events.json", "scenario.yaml"):
+        assert (runs[0][0] / name).exists()
+
+
+def test_events_record_every_teacher_the_student_and_each_attestation(runs):
+    run_dir, _ = runs[0]
+    done = kdledger("events", "--run", str(run_dir), "--json")
+    assert done.returncode == 0, done.stderr
+    events = json.loads(done.stdout)
+    by_name = {}
+    for e in events:
+        by_name.setdefault(e["event"], []).append(e)
+    assert len(by_name["TeacherRegistered"]) == NODES
+    (student,) = by_name["StudentCommitted"]
+    assert len(by_name["AccuracyAttested"]) == 2 * NODES  # student and own teacher, per node
+    teachers = {e["args"]["modelHash"] for e in by_name["TeacherRegistered"]}
+    assert set(student["args"]["teacherHashes"]) == teachers
+    assert student["args"]["method"] == "softtarget"
+    nodes = {e["args"]["node"] for e in by_name["TeacherRegistered"]}
+    assert {e["args"]["node"] for e in by_name["AccuracyAttested"]} == nodes
+    chain = json.loads((run_dir / "chain.json").read_text())
+    assert {e["tx"] for e in events} <= {t["tx"] for t in chain["transactions"]}
+    assert student["args"]["configHash"] == chain["config_hash"]
+
+
+def test_onchain_accuracies_are_what_the_nodes_measured(runs):
+    run_dir, _ = runs[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    events = json.loads((run_dir / "events.json").read_text())
+    attested = {(e["args"]["node"], e["args"]["modelHash"]): e["args"]["accuracyBps"]
+                for e in events if e["event"] == "AccuracyAttested"}
+    for row in metrics["nodes"]:
+        assert attested[(row["node"], metrics["student_hash"])] == round(row["student_accuracy"] * 10_000)
+        assert attested[(row["node"], "0x" + row["teacher_hash"])] == round(row["teacher_accuracy"] * 10_000)
+        assert row["student_accuracy"] > 0.3  # well above chance (10 classes) after a CI-sized distillation
+
+
+def test_store_holds_exactly_the_registered_bytes_and_keys_are_private(runs):
+    run_dir, _ = runs[0]
+    events = json.loads((run_dir / "events.json").read_text())
+    store = ArtifactStore(run_dir / "store")
+    for e in events:
+        if e["event"] in ("TeacherRegistered", "StudentCommitted"):
+            model_hash = bytes.fromhex(e["args"]["modelHash"][2:])
+            assert hashlib.sha256(store.get(model_hash)).digest() == model_hash
+    for key in (run_dir / "keys").iterdir():
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_tampered_teacher_is_refused_naming_node_and_hash(runs):
+    run_dir, _ = runs[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    row = metrics["nodes"][0]
+    store = ArtifactStore(run_dir / "store")
+    model_hash = bytes.fromhex(row["teacher_hash"])
+    path = store.path(model_hash)
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original[:-4] + b"\x00\x00\x00\x00")
+        with pytest.raises(TamperedArtifact) as err:
+            store.load(model_hash, owner=f"node {row['node']}")
+        assert row["node"] in str(err.value) and row["teacher_hash"] in str(err.value)
+    finally:
+        path.write_bytes(original)
+
+
+def test_same_scenario_gives_the_same_hashes(runs):
+    first, second = (json.loads((d / "metrics.json").read_text()) for d, _ in runs)
+    assert first["student_hash"] == second["student_hash"]
+    assert [r["teacher_hash"] for r in first["nodes"]] == [r["teacher_hash"] for r in second["nodes"]]
