@@ -241,8 +241,7 @@ def make_server_app(coordinator: Coordinator) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         try:
             coordinator.run(grid)
-        except BaseException as exc:  # the simulation runs us in a thread: hand the error back
+        except Exception as exc:  # we run in the simulation's thread: hand the error to the caller
             coordinator.error = exc
-            raise
 
     return app
