@@ -24,9 +24,12 @@ def _jsonable(value):
 
 def fetch_events(w3: Web3, address: str, from_block: int = 0, to_block: int | str = "latest") -> list[dict]:
     """Every event `address` emitted in the block range, decoded with the committed ABI."""
+    latest = w3.eth.block_number if to_block == "latest" else to_block
+    if from_block > latest:  # nothing was written (e.g. a rerun whose records all existed)
+        return []
     abi = load_artifact()["abi"]
     by_topic = {event_abi_to_log_topic(e): e for e in abi if e["type"] == "event"}
-    logs = w3.eth.get_logs({"address": Web3.to_checksum_address(address), "fromBlock": from_block, "toBlock": to_block})
+    logs = w3.eth.get_logs({"address": Web3.to_checksum_address(address), "fromBlock": from_block, "toBlock": latest})
     events = []
     for log in logs:
         event_abi = by_topic.get(bytes(log["topics"][0]))

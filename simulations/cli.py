@@ -21,7 +21,11 @@ err_console = Console(stderr=True)
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The user's mistakes and the world's refusals: reported in one line, without a traceback."""
+    import requests
+    from web3.exceptions import Web3RPCError
+
     from chain.backends import ChainUnreachable
+    from chain.devnet import DevnetError
     from chain.registry import RegistryError
     from node.artifacts import TamperedArtifact
     from node.data import DatasetError
@@ -29,7 +33,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from simulations.runner import RunFailed
     from simulations.scenario import ScenarioError
 
-    return (ScenarioError, RunFailed, ChainUnreachable, TamperedArtifact, MethodError, DatasetError, RegistryError)
+    return (ScenarioError, RunFailed, ChainUnreachable, TamperedArtifact, MethodError, DatasetError, RegistryError,
+            DevnetError, requests.ConnectionError, Web3RPCError)
 
 
 def one_line_errors(fn):
@@ -104,26 +109,56 @@ def run(
                   f"[bold]{result.out_dir}[/] ({result.wall_s:.0f} s)", highlight=False)
 
 
-@app.command()
-@one_line_errors
-def events(
-    run_dir: Path = typer.Option(..., "--run", help="a run directory written by `kdledger run`"),
-    as_json: bool = typer.Option(False, "--json", help="print the events as JSON"),
-) -> None:
-    """List every contract event of a run: name, block, transaction and decoded arguments."""
+def _events_from(run_dir: Optional[Path], rpc: Optional[str], address: Optional[str], *, whole_chain: bool):
+    """Events and a description of where they came from: a run directory, or an RPC + address.
+
+    A run on a live chain is read live (its own block range, or the whole chain for provenance,
+    since a student may name teachers of earlier runs); an embedded run from its export.
+    """
     from chain.backends import connect
     from chain.events import fetch_events, read_export
-    from simulations.report import short
     from simulations.runner import RunFailed, load_chain_info
 
-    info = load_chain_info(run_dir)
-    if info.get("rpc_url"):  # a live chain: read it, not a copy
-        found = fetch_events(connect(info["rpc_url"]), info["contract"], info["from_block"], info["to_block"])
-    else:  # the embedded chain lived in the run's process: its events were exported
+    if run_dir is not None:
+        info = load_chain_info(run_dir)
+        if info.get("rpc_url"):
+            w3 = connect(info["rpc_url"])
+            span = (0, "latest") if whole_chain else (info["from_block"], info["to_block"])
+            return fetch_events(w3, info["contract"], *span), info
         export = Path(run_dir) / "events.json"
         if not export.exists():
             raise RunFailed(f"--run {run_dir}: no events.json export there")
-        found = read_export(export)
+        return read_export(export), info
+    if rpc and address:
+        w3 = connect(rpc)
+        if not w3.eth.get_code(address):
+            raise RunFailed(f"--address {address}: no contract there on {rpc}")
+        return fetch_events(w3, address), {"contract": address, "chain_id": w3.eth.chain_id, "rpc_url": rpc}
+    raise RunFailed("say where to read: --run DIR, or --rpc URL --address ADDR")
+
+
+RUN_OPT = typer.Option(None, "--run", help="a run directory written by `kdledger run`")
+RPC_OPT = typer.Option(None, "--rpc", help="JSON-RPC URL of a chain (with --address)")
+ADDRESS_OPT = typer.Option(None, "--address", help="ModelRegistry's address (with --rpc)")
+JSON_OPT = typer.Option(False, "--json", help="print JSON for scripts")
+
+
+@app.command()
+@one_line_errors
+def events(
+    run_dir: Optional[Path] = RUN_OPT, rpc: Optional[str] = RPC_OPT, address: Optional[str] = ADDRESS_OPT,
+    event: Optional[str] = typer.Option(None, "--event", help="only this event (e.g. TeacherRegistered)"),
+    node: Optional[str] = typer.Option(None, "--node", help="only events naming this address"),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """List contract events: name, block, transaction and decoded arguments."""
+    from simulations.report import short
+
+    found, info = _events_from(run_dir, rpc, address, whole_chain=False)
+    if event:
+        found = [e for e in found if e["event"] == event]
+    if node:
+        found = [e for e in found if any(isinstance(v, str) and v.lower() == node.lower() for v in e["args"].values())]
     if as_json:
         print(json.dumps(found, indent=1))
         return
@@ -135,6 +170,128 @@ def events(
                          for k, v in e["args"].items())
         table.add_row(str(e["block"]), e["event"], e["tx"][:12] + "…", args)
     console.print(table)
+
+
+@app.command()
+@one_line_errors
+def lineage(
+    hashes: list[str] = typer.Argument(..., help="model hashes (0x…)"),
+    run_dir: Optional[Path] = RUN_OPT, rpc: Optional[str] = RPC_OPT, address: Optional[str] = ADDRESS_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """The tree student -> teachers -> data nodes, with method, configuration hash and attested accuracies."""
+    from rich.tree import Tree
+
+    from chain import provenance
+
+    found, _ = _events_from(run_dir, rpc, address, whole_chain=True)
+    trees = [provenance.lineage(found, h) for h in hashes]
+    if as_json:
+        print(json.dumps(trees, indent=1))
+    else:
+        for h, t in zip(hashes, trees):
+            if t is None:
+                err_console.print(f"{h}: not registered")
+                continue
+            root = Tree(_describe(t))
+            _grow(root, t)
+            console.print(root)
+    if any(t is None for t in trees):
+        raise typer.Exit(1)
+
+
+def _describe(t: dict) -> str:
+    if not t["registered"]:
+        return f"[red]{t['model_hash']}: not registered[/]"
+    if t["kind"] == "student":
+        head = (f"[bold]student[/] {t['model_hash']}  by distiller {t['owner']}, method [bold]{t['method']}[/], "
+                f"{t['sample_count']} synthetic samples, config {t['config_hash'][:18]}…, block {t['block']}")
+    else:
+        head = f"[bold]{t['kind']}[/] {t['model_hash']}  by data node {t['owner']}, round {t['round']}, block {t['block']}"
+    return head
+
+
+def _grow(branch, t: dict) -> None:
+    for acc in t.get("accuracies", []):
+        branch.add(f"accuracy {acc['accuracy_bps'] / 100:.2f}% on {acc['num_examples']} private examples of "
+                   f"{acc['node']} (block {acc['block']})")
+    for child in t.get("teachers", []):
+        _grow(branch.add(_describe(child)), child)
+
+
+@app.command()
+@one_line_errors
+def verify(
+    files: list[Path] = typer.Argument(..., help="weights files (.safetensors)"),
+    run_dir: Optional[Path] = RUN_OPT, rpc: Optional[str] = RPC_OPT, address: Optional[str] = ADDRESS_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Hash each file and say whether it is registered: as what, by whom, in which block. Exit 1 if not."""
+    import hashlib
+
+    from chain import provenance
+
+    found, _ = _events_from(run_dir, rpc, address, whole_chain=True)
+    results = []
+    for f in files:
+        try:
+            digest = "0x" + hashlib.sha256(Path(f).read_bytes()).hexdigest()
+        except OSError as exc:
+            from simulations.runner import RunFailed
+
+            raise RunFailed(f"{f}: cannot read: {exc.strerror}") from None
+        reg = provenance.find(found, digest)
+        results.append({"file": str(f), "sha256": digest, "registered": reg is not None,
+                        **({"kind": reg.kind, "by": reg.owner, "block": reg.block, "tx": reg.tx} if reg else {})})
+    if as_json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            if r["registered"]:
+                console.print(f"[green]registered[/] {r['file']}: {r['kind']} {r['sha256']} by {r['by']} in block "
+                              f"{r['block']} (tx {r['tx']})", highlight=False)
+            else:
+                console.print(f"[red]not registered[/] {r['file']}: {r['sha256']}", highlight=False)
+    if not all(r["registered"] for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
+def devnet(
+    port: int = typer.Option(8545, "--port", help="port on 127.0.0.1"),
+    state: Path = typer.Option(Path("runs/devnet-state.json"), "--state", help="file the chain is kept in"),
+) -> None:
+    """Start a persistent local chain (anvil) on 127.0.0.1; Ctrl-C stops it and keeps its state."""
+    import signal as signals
+    import time
+
+    from chain.devnet import Devnet
+
+    net = Devnet(port=port, state=state)
+    resumed = state.exists()
+    net.start()
+    console.print(f"devnet on [bold]{net.rpc_url}[/] (chain id {net.chain_id}), state "
+                  f"{'resumed from' if resumed else 'kept in'} {state}; Ctrl-C to stop", highlight=False)
+    console.print(f"use it from a scenario:  chain: {{rpc_url: {net.rpc_url}}}", highlight=False)
+    stop = False
+
+    def on_signal(*_):
+        nonlocal stop
+        stop = True
+
+    signals.signal(signals.SIGINT, on_signal)
+    signals.signal(signals.SIGTERM, on_signal)
+    try:
+        while not stop and net.process.poll() is None:
+            time.sleep(0.2)
+    finally:
+        net.stop()
+    if not stop:
+        from chain.devnet import DevnetError
+
+        raise DevnetError(f"anvil exited on its own (code {net.process.returncode})")
+    console.print(f"devnet stopped; state written to {state}", highlight=False)
 
 
 def main() -> None:

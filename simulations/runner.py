@@ -92,11 +92,11 @@ def run_scenario(
 
     started = time.perf_counter()
     out_dir = choose_run_dir(out, scenario.name)
+    w3 = connect(scenario.chain.rpc_url)  # before anything is written: a chain that is down leaves no trace
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update(QUIET_ENV)
     os.environ["FLWR_HOME"] = str((out_dir / ".flwr").resolve())
 
-    w3 = connect(scenario.chain.rpc_url)
     first_block = w3.eth.block_number + 1
     setup_txs: list[dict] = []
     registry, _, relayer, distiller = provision(scenario, w3, out_dir, setup_txs)

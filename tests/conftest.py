@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -25,10 +26,30 @@ class Deployed:
     outsider: object
 
 
-@pytest.fixture()
-def deployed() -> Deployed:
-    """A fresh embedded chain with ModelRegistry and every role handed out."""
-    w3 = connect()
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def anvil(tmp_path_factory):
+    """One anvil devnet for the session (skipped where anvil is not installed), stopped by PID."""
+    from chain.devnet import Devnet, DevnetError, foundry_tool
+
+    try:
+        foundry_tool("anvil")
+    except DevnetError as exc:
+        pytest.skip(str(exc))
+    net = Devnet(port=free_port(), state=tmp_path_factory.mktemp("anvil") / "state.json").start()
+    yield net
+    net.stop()
+
+
+@pytest.fixture(params=["py-evm", "anvil"])
+def deployed(request) -> Deployed:
+    """A fresh ModelRegistry, every role handed out, on the embedded chain and on anvil."""
+    w3 = connect() if request.param == "py-evm" else connect(request.getfixturevalue("anvil").rpc_url)
     admin, relayer, distiller, node, other, outsider = (
         derive_account(7, label) for label in ("admin", "relayer", "distiller", "node-0", "node-1", "outsider")
     )

@@ -1,0 +1,138 @@
+"""A run against a persistent anvil devnet: events survive a restart, and cast reads them with the ABI alone."""
+
+import hashlib
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from chain.compiler import load_artifact
+from chain.devnet import Devnet, DevnetError, foundry_tool
+from conftest import free_port, kdledger
+from test_end_to_end import NODES, reduced_quickstart
+
+
+@pytest.fixture(scope="module")
+def devnet_run(tmp_path_factory):
+    try:
+        foundry_tool("anvil"), foundry_tool("cast")
+    except DevnetError as exc:
+        pytest.skip(str(exc))
+    tmp = tmp_path_factory.mktemp("devnet")
+    net = Devnet(port=free_port(), state=tmp / "chain-state.json")
+    scenario = reduced_quickstart(tmp)
+    spec = yaml.safe_load(scenario.read_text())
+    spec["chain"] = {"rpc_url": net.rpc_url}
+    scenario.write_text(yaml.safe_dump(spec))
+    with net:
+        done = kdledger("run", str(scenario), "--out", str(tmp / "run"))
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp / "chain-state.json").exists()  # written by anvil on SIGINT
+    net = Devnet(port=net.port, state=tmp / "chain-state.json").start()  # a new process, from the file
+    yield net, tmp / "run"
+    net.stop()
+
+
+def test_events_survive_a_restart_from_state(devnet_run):
+    _, run_dir = devnet_run
+    done = kdledger("events", "--run", str(run_dir), "--json")
+    assert done.returncode == 0, done.stderr
+    live = json.loads(done.stdout)
+    assert live == json.loads((run_dir / "events.json").read_text())  # as the run saw them
+    assert sum(e["event"] == "TeacherRegistered" for e in live) == NODES
+    assert sum(e["event"] == "AccuracyAttested" for e in live) == 2 * NODES
+
+
+def test_events_filters(devnet_run):
+    _, run_dir = devnet_run
+    found = json.loads(kdledger("events", "--run", str(run_dir), "--json", "--event", "StudentCommitted").stdout)
+    assert [e["event"] for e in found] == ["StudentCommitted"]
+    node = json.loads((run_dir / "metrics.json").read_text())["nodes"][0]["node"]
+    mine = json.loads(kdledger("events", "--run", str(run_dir), "--json", "--node", node).stdout)
+    assert {e["event"] for e in mine} == {"RoleGranted", "TeacherRegistered", "AccuracyAttested"}
+    assert all(node in e["args"].values() for e in mine)
+
+
+def test_cast_reads_the_events_with_the_committed_abi(devnet_run):
+    net, run_dir = devnet_run
+    contract = json.loads((run_dir / "chain.json").read_text())["contract"]
+    ours = {e["args"]["modelHash"]: e for e in json.loads((run_dir / "events.json").read_text())
+            if e["event"] == "TeacherRegistered"}
+    (abi,) = [e for e in load_artifact()["abi"] if e.get("name") == "TeacherRegistered"]
+    signature = f"TeacherRegistered({','.join(i['type'] for i in abi['inputs'])})"
+    unindexed = f"TeacherRegistered({','.join(i['type'] for i in abi['inputs'] if not i['indexed'])})"
+    cast = str(foundry_tool("cast"))
+    logs = json.loads(subprocess.run(
+        [cast, "logs", "--json", "--rpc-url", net.rpc_url, "--address", contract, "--from-block", "0", signature],
+        capture_output=True, text=True, check=True).stdout)
+    assert len(logs) == NODES
+    for log in logs:
+        model_hash, node = log["topics"][1], "0x" + log["topics"][2][-40:]
+        kind, rnd, uri = json.loads(subprocess.run([cast, "decode-event", "--json", "--sig", unindexed, log["data"]],
+                                                   capture_output=True, text=True, check=True).stdout)
+        ours_event = ours[model_hash]
+        assert ours_event["args"]["node"].lower() == node
+        assert (int(kind), int(rnd), uri) == (ours_event["args"]["kind"], ours_event["args"]["round"],
+                                              ours_event["args"]["uri"])
+        assert ours_event["tx"] == log["transactionHash"]
+
+
+def test_lineage_and_verify_on_the_devnet(devnet_run):
+    _, run_dir = devnet_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    done = kdledger("lineage", metrics["student_hash"], "--run", str(run_dir), "--json")
+    assert done.returncode == 0, done.stderr
+    (tree,) = json.loads(done.stdout)
+    assert tree["kind"] == "student" and tree["method"] == "softtarget"
+    assert {t["owner"] for t in tree["teachers"]} == {row["node"] for row in metrics["nodes"]}
+    assert len(tree["accuracies"]) == NODES
+    student_file = next((run_dir / "store").rglob(metrics["student_hash"][2:] + ".safetensors"))
+    done = kdledger("verify", str(student_file), "--run", str(run_dir), "--json")
+    assert done.returncode == 0
+    (result,) = json.loads(done.stdout)
+    assert result["kind"] == "student" and result["sha256"] == metrics["student_hash"]
+    stranger = run_dir / "not-a-model.safetensors"
+    stranger.write_bytes(b"\x00" * 64)
+    done = kdledger("verify", str(stranger), "--run", str(run_dir))
+    assert done.returncode == 1 and "not registered" in done.stdout
+    assert hashlib.sha256(b"\x00" * 64).hexdigest() in done.stdout
+
+
+def test_devnet_command_prints_the_url_and_stops_cleanly_on_ctrl_c(tmp_path):
+    import os
+    import signal
+    import sys
+    import time
+
+    try:
+        foundry_tool("anvil")
+    except DevnetError as exc:
+        pytest.skip(str(exc))
+    port, state = free_port(), tmp_path / "state.json"
+    proc = subprocess.Popen([sys.executable, "-m", "simulations.cli", "devnet", "--port", str(port), "--state", str(state)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    try:
+        first = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}" in first
+        from chain.backends import connect
+
+        assert connect(f"http://127.0.0.1:{port}").eth.chain_id == 31337
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "state written" in out and state.exists()
+
+
+def test_unreachable_chain_is_one_line(tmp_path):
+    scenario = tmp_path / "down.yaml"
+    scenario.write_text(f"name: down\nnodes: 2\nchain:\n  rpc_url: http://127.0.0.1:{free_port()}\n")
+    done = kdledger("run", str(scenario), "--out", str(tmp_path / "run"))
+    assert done.returncode == 1
+    assert "unreachable" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2
+    assert not (tmp_path / "run").exists()
