@@ -6,9 +6,11 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.kdledger-setup
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup datasets demo test test-all bench clean
 
-setup: $(STAMP) node_modules/.package-lock.json
+FMNIST := /usr/share/datasets/fashion-mnist
+
+setup: $(STAMP) node_modules/.package-lock.json datasets
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +21,14 @@ $(STAMP): pyproject.toml
 
 node_modules/.package-lock.json: package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
+
+# Fashion-MNIST from Debian (for benchmarks and the fmnist scenarios); skipped where apt is not ours.
+datasets:
+	@if [ -d $(FMNIST) ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	  || echo "note: could not install dataset-fashion-mnist; fashion-mnist runs need data.path"; \
+	else echo "note: no root apt here; for fashion-mnist install Debian's dataset-fashion-mnist or set data.path"; fi
 
 demo: setup
 	$(VENV)/bin/kdledger run simulations/scenarios/quickstart.yaml

@@ -19,6 +19,7 @@ from eth_utils import keccak
 
 KIND_TEACHER, KIND_EBM, KIND_GENERATOR, KIND_STUDENT = 1, 2, 3, 4
 KIND_NAMES = {KIND_TEACHER: "teacher", KIND_EBM: "ebm", KIND_GENERATOR: "generator", KIND_STUDENT: "student"}
+KIND_BY_NAME = {name: kind for kind, name in KIND_NAMES.items()}
 DOMAIN_NAME, DOMAIN_VERSION = "kdledger ModelRegistry", "1"
 
 
@@ -130,6 +131,6 @@ def load_key(path: Path) -> LocalAccount:
 
 
 __all__ = [
-    "KIND_EBM", "KIND_GENERATOR", "KIND_NAMES", "KIND_STUDENT", "KIND_TEACHER", "Attestation", "Domain",
+    "KIND_BY_NAME", "KIND_EBM", "KIND_GENERATOR", "KIND_NAMES", "KIND_STUDENT", "KIND_TEACHER", "Attestation", "Domain",
     "Publication", "derive_account", "load_key", "recover", "run_id_of", "save_key", "sign",
 ]

@@ -19,10 +19,11 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from chain.identity import KIND_TEACHER, Attestation, Domain, Publication, load_key, sign
+from chain.identity import KIND_BY_NAME, Attestation, Domain, Publication, load_key, sign
 from node.artifacts import deserialize, serialize, sha256
-from node.config import DataConfig, TeacherConfig
+from node.config import DataConfig, DistillConfig, TeacherConfig
 from node.data import Split, node_splits, spec_of
+from node.dfkd import METHODS, InputSpace
 from node.models import build_model
 from node.training import accuracy, train_classifier
 
@@ -79,28 +80,39 @@ def identify(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """Train a teacher (and what the distillation method needs from nodes, e.g. GenKD's EBM); sign each hash."""
     node = DataNode(msg, context)
     torch.set_num_threads(1)  # one core per simulated node; also keeps float reductions in one order
     cfg = TeacherConfig.model_validate_json(node.task["teacher"])
+    distill = DistillConfig.model_validate_json(node.task["distill"])
     spec = spec_of(node.data_cfg.dataset)
     train_split, _ = node.splits
-    torch.manual_seed(node.seed * 1000 + node.partition_id)
+    node_seed = node.seed * 1000 + node.partition_id
+    torch.manual_seed(node_seed)
     model = build_model(cfg.model, spec.input_shape, spec.num_classes)
     loss = train_classifier(
         model, train_split, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=node.seed + node.partition_id
     )
-    blob = serialize(model, cfg.model, spec.input_shape, spec.num_classes)
-    publication = Publication(
-        node=node.account.address, model_hash=sha256(blob), kind=KIND_TEACHER, round=int(node.task["round"]),
-        run_id=node.task["run-id"], uri=str(node.task["uri"]), nonce=int(node.task["nonce"]),
-        deadline=int(node.task["deadline"]),
-    )
-    signed = ConfigRecord({
-        "address": node.account.address, "model-hash": publication.model_hash,
-        "signature": sign(node.account, publication, node.domain()),
-    })
+    published = {"teacher": model}
+    proxy_student = build_model(distill.student, spec.input_shape, spec.num_classes)
+    published |= METHODS[distill.method].node_side(
+        model, proxy_student, train_split.x, train_split.y, distill.options, seed=node_seed,
+        space=InputSpace(spec.input_shape, *spec.bounds))
+    blobs, hashes, signatures = {}, [], []
+    for i, (kind, published_model) in enumerate(published.items()):
+        blob = serialize(published_model, cfg.model, spec.input_shape, spec.num_classes)
+        publication = Publication(
+            node=node.account.address, model_hash=sha256(blob), kind=KIND_BY_NAME[kind], round=int(node.task["round"]),
+            run_id=node.task["run-id"], uri=str(node.task["uri"]), nonce=int(node.task["nonce"]) + i,
+            deadline=int(node.task["deadline"]),
+        )
+        blobs[kind] = blob_to_array(blob)
+        hashes.append(publication.model_hash)
+        signatures.append(sign(node.account, publication, node.domain()))
+    signed = ConfigRecord({"address": node.account.address, "kinds": list(published), "model-hashes": hashes,
+                           "signatures": signatures})
     metrics = MetricRecord({"train-loss": loss, "num-examples": len(train_split)})
-    return _reply(msg, weights=ArrayRecord({"safetensors": blob_to_array(blob)}), publication=signed, metrics=metrics)
+    return _reply(msg, weights=ArrayRecord(blobs), publication=signed, metrics=metrics)
 
 
 @app.evaluate()

@@ -57,6 +57,40 @@ def digits_cnn_half(input_shape, num_classes):
     return SmallCNN(input_shape, num_classes, width=8, hidden=64)
 
 
+class LeNet5(Classifier):
+    """LeNet-5 as in the DFKD papers (DAFL, paper 003): conv 6-16-120, FC 84, FC classes.
+
+    28x28 inputs are padded to LeNet's 32x32 by the first conv's padding. `half` halves every
+    width (3-8-60, 42), the usual student. `bn` adds batch norm after each conv (DeepInversion
+    needs BN statistics to match).
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, half: bool = False, bn: bool = False):
+        super().__init__()
+        channels, height, _ = input_shape
+        c1, c2, c3, hidden = (3, 8, 60, 42) if half else (6, 16, 120, 84)
+        pad = (32 - height) // 2 if height < 32 else 0
+
+        def conv(cin, cout, padding=0):
+            layers = [nn.Conv2d(cin, cout, 5, padding=padding)]
+            return layers + ([nn.BatchNorm2d(cout)] if bn else []) + [nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *conv(channels, c1, pad), nn.MaxPool2d(2),
+            *conv(c1, c2), nn.MaxPool2d(2),
+            *conv(c2, c3), nn.Flatten(),
+        )
+        side = ((height + 2 * pad - 4) // 2 - 4) // 2 - 4  # after conv-pool-conv-pool-conv: 1 for 32x32
+        self.fc_penult = nn.Linear(c3 * side * side, hidden)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+for _half in (False, True):
+    for _bn in (False, True):
+        _name = "lenet5" + ("-half" if _half else "") + ("-bn" if _bn else "")
+        register_model(_name)(lambda shape, classes, half=_half, bn=_bn: LeNet5(shape, classes, half=half, bn=bn))
+
+
 class UnknownModel(ValueError):
     pass
 

@@ -12,6 +12,8 @@ One run, in four phases (docs/architecture.md has the picture):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,13 +24,13 @@ from eth_account.signers.local import LocalAccount
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from chain.identity import KIND_TEACHER, Attestation, Publication
+from chain.identity import KIND_BY_NAME, Attestation, Publication
 from chain.registry import Registry, RegistryError
 from node.artifacts import ArtifactStore
 from node.client_app import array_to_blob, blob_to_array
 from node.config import DataConfig, DistillConfig, TeacherConfig
 from node.data import spec_of
-from node.distiller import distill_student, load_teachers
+from node.distiller import distill_student
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,18 @@ class NodeRecord:
     num_train: int = 0
     num_test: int = 0
     label_histogram: list[int] = field(default_factory=list)
-    teacher_hash: bytes | None = None
+    published: dict[str, bytes] = field(default_factory=dict)  # kind ("teacher", "ebm") -> hash
     accuracy_bps: dict[str, int] = field(default_factory=dict)  # model hash (hex) -> what the node measured
     error: str | None = None
+
+    @property
+    def teacher_hash(self) -> bytes | None:
+        return self.published.get("teacher")
+
+
+def config_digest(document: dict) -> bytes:
+    """SHA-256 of a configuration's canonical JSON: what commitStudent records as configHash."""
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).digest()
 
 
 @dataclass
@@ -70,7 +81,7 @@ class Coordinator:
     distiller: LocalAccount
     store: ArtifactStore
     run_id: bytes
-    config_hash: bytes
+    config: dict  # the decisive configuration; its hash, with the variant run, goes on-chain
     seed: int
     num_nodes: int
     data: DataConfig
@@ -81,12 +92,14 @@ class Coordinator:
     progress: Callable[[str, int, int], None] = lambda phase, done, total: None
     ledger: RunLedger = field(default_factory=RunLedger)
     transfer: object = None  # the distiller's synthetic inputs, for the report's sample grid
+    config_document: dict | None = None
     error: BaseException | None = None
 
     # -- messages ----------------------------------------------------------------------------
     def _task(self, **extra) -> ConfigRecord:
         return ConfigRecord({
             "seed": self.seed, "data": self.data.model_dump_json(), "teacher": self.teacher.model_dump_json(),
+            "distill": self.distill.model_dump_json(),
             "keys-dir": str(self.keys_dir), "run-id": self.run_id, "uri": self.uri,
             "chain-id": self.registry.domain().chain_id, "contract": self.registry.address, **extra,
         })
@@ -144,54 +157,64 @@ class Coordinator:
             reply = replies.get(record.node_id)
             if self._failed(record, reply, "train"):
                 continue
-            signed = reply.content["publication"]
-            blob = array_to_blob(reply.content["weights"]["safetensors"])
-            self.store.put(blob)  # content-addressed by what arrived; the chain gets what the node signed
-            task = contents[record.node_id]["task"]
-            publication = Publication(
-                node=record.address, model_hash=bytes(signed["model-hash"]), kind=KIND_TEACHER, round=0,
-                run_id=self.run_id, uri=self.uri, nonce=int(task["nonce"]), deadline=int(task["deadline"]),
-            )
-            existing = self.registry.model(publication.model_hash)
-            if existing.registered and existing.owner == record.address:
-                log.info("teacher 0x%s of %s is already on-chain (block %d)", publication.model_hash.hex(),
-                         record.address, existing.block)
-            else:
-                try:
-                    receipt = self.registry.register_teacher(publication, bytes(signed["signature"]), self.relayer)
-                except RegistryError as exc:  # this node's publication is refused; the others go on
-                    record.error = f"register: {exc}"
-                    continue
-                self.ledger.tx("TeacherRegistered", receipt, node=record.address, model=publication.model_hash.hex())
-            record.teacher_hash = publication.model_hash
+            signed, task = reply.content["publication"], contents[record.node_id]["task"]
+            try:  # the teacher first, then what the method asked of nodes (e.g. GenKD's EBM), nonces in order
+                for i, (kind, model_hash, signature) in enumerate(
+                        zip(signed["kinds"], signed["model-hashes"], signed["signatures"])):
+                    self.store.put(array_to_blob(reply.content["weights"][kind]))  # keyed by what arrived
+                    publication = Publication(
+                        node=record.address, model_hash=bytes(model_hash), kind=KIND_BY_NAME[kind], round=0,
+                        run_id=self.run_id, uri=self.uri, nonce=int(task["nonce"]) + i, deadline=int(task["deadline"]),
+                    )
+                    self._register(record, kind, publication, bytes(signature))
+            except RegistryError as exc:  # this node's publication is refused; the others go on
+                record.error = f"register: {exc}"
+                continue
             self.progress("teachers", done, len(self.active))
 
+    def _register(self, record: NodeRecord, kind: str, publication: Publication, signature: bytes) -> None:
+        existing = self.registry.model(publication.model_hash)
+        if existing.registered and existing.owner == record.address:  # a rerun on a persistent chain
+            log.info("%s 0x%s of %s is already on-chain (block %d)", kind, publication.model_hash.hex(),
+                     record.address, existing.block)
+        else:
+            receipt = self.registry.register_teacher(publication, signature, self.relayer)
+            self.ledger.tx("TeacherRegistered", receipt, node=record.address, model=publication.model_hash.hex(),
+                           kind=kind)
+        record.published[kind] = publication.model_hash
+
     def distill_student(self) -> None:
-        with_teacher = [r for r in self.active if r.teacher_hash is not None]
-        if not with_teacher:
+        sources = [r for r in self.active if r.teacher_hash is not None]
+        if not sources:
             raise RuntimeError("no teacher was registered: nothing to distil from")
-        for r in with_teacher:  # the chain, not the store, says what each teacher is
-            on_chain = self.registry.model(r.teacher_hash)
-            if not on_chain.registered or on_chain.owner != r.address:
-                raise RuntimeError(f"teacher 0x{r.teacher_hash.hex()} of node {r.address} is not registered to it")
-        teachers = load_teachers(self.store, [(r.teacher_hash, f"node {r.address}") for r in with_teacher])
-        weights = [float(r.num_train) for r in with_teacher]
-        blob, result = distill_student(
-            teachers, weights, self.distill, spec_of(self.data.dataset), seed=self.seed,
+        for r in sources:  # the chain, not the store, says what each artifact is and whose
+            for kind, model_hash in r.published.items():
+                on_chain = self.registry.model(model_hash)
+                if not on_chain.registered or on_chain.owner != r.address:
+                    raise RuntimeError(f"{kind} 0x{model_hash.hex()} of node {r.address} is not registered to it")
+        loaded = [
+            {kind: self.store.load(h, owner=f"node {r.address}") for kind, h in r.published.items()} for r in sources
+        ]
+        blob, result, variant = distill_student(
+            loaded, [float(r.num_train) for r in sources], self.distill, spec_of(self.data.dataset), seed=self.seed,
             progress=lambda stage, done, total: self.progress(f"distill:{stage}", done, total),
         )
+        # the configuration as run, facts included (which variant ran), is what the chain's hash covers
+        self.config_document = {**self.config, "variant": variant}
+        config_hash = config_digest(self.config_document)
         student_hash = self.store.put(blob)
-        existing = self.registry.model(student_hash)
-        if not existing.registered:
+        lineage = [h for r in sources for h in r.published.values()]
+        if not self.registry.model(student_hash).registered:
             receipt = self.registry.commit_student(
-                student_hash, self.run_id, [r.teacher_hash for r in with_teacher], self.distill.method,
-                self.config_hash, len(result.transfer), self.uri, self.distiller,
+                student_hash, self.run_id, lineage, self.distill.method, config_hash, len(result.transfer), self.uri,
+                self.distiller,
             )
             self.ledger.tx("StudentCommitted", receipt, model=student_hash.hex())
         self.ledger.student_hash = student_hash
         self.ledger.distill = {
-            "method": self.distill.method, "samples": len(result.transfer), "synthesis_s": result.synthesis_s,
-            "training_s": result.training_s, "losses": result.losses, "device": str(next(result.student.parameters()).device),
+            "method": self.distill.method, "variant": variant, "samples": len(result.transfer),
+            "synthesis_s": result.synthesis_s, "training_s": result.training_s, "losses": result.losses,
+            "device": str(next(result.student.parameters()).device), "config_hash": "0x" + config_hash.hex(),
         }
         self.transfer = result.transfer
 

@@ -104,7 +104,7 @@ def run_scenario(
     run_id = run_id_of(f"{scenario.name}@{datetime.now(timezone.utc).isoformat()}", config_hash)
     coordinator = Coordinator(
         registry=registry, relayer=relayer, distiller=distiller, store=ArtifactStore(out_dir / "store"),
-        run_id=run_id, config_hash=config_hash, seed=scenario.seed, num_nodes=scenario.nodes, data=scenario.data,
+        run_id=run_id, config=scenario.decisive(), seed=scenario.seed, num_nodes=scenario.nodes, data=scenario.data,
         teacher=scenario.teacher, distill=scenario.distill, keys_dir=(out_dir / "keys").resolve(),
         progress=progress or (lambda phase, done, total: None),
     )
@@ -132,13 +132,15 @@ def run_scenario(
         "chain_id": w3.eth.chain_id,
         "contract": registry.address,
         "run_id": "0x" + run_id.hex(),
-        "config_hash": "0x" + config_hash.hex(),
+        "config_hash": coordinator.ledger.distill["config_hash"],
         "from_block": first_block,
         "to_block": w3.eth.block_number,
         "transactions": setup_txs + coordinator.ledger.transactions,
     }
     result = RunResult(out_dir, scenario, coordinator.ledger, chain, events, time.perf_counter() - started)
     write_export(events, out_dir / "events.json")
+    (out_dir / "config.json").write_text(  # exactly the bytes whose SHA-256 is the on-chain configHash
+        json.dumps(coordinator.config_document, sort_keys=True, separators=(",", ":")))
     write_run_dir(result, transfer=coordinator.transfer)
     return result
 

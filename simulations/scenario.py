@@ -65,10 +65,12 @@ class Scenario(Strict):
             raise ValueError("chain.registry: reusing a registry needs chain.rpc_url (the embedded chain starts empty)")
         return self
 
+    def decisive(self) -> dict:
+        """Everything that decides the result (not where the chain runs or how many CPUs)."""
+        return self.model_dump(mode="json", include={"seed", "nodes", "data", "teacher", "distill"})
+
     def config_hash(self) -> bytes:
-        """SHA-256 of everything that decides the result (not where the chain runs or how many CPUs)."""
-        decisive = self.model_dump(mode="json", include={"seed", "nodes", "data", "teacher", "distill"})
-        return hashlib.sha256(json.dumps(decisive, sort_keys=True, separators=(",", ":")).encode()).digest()
+        return hashlib.sha256(json.dumps(self.decisive(), sort_keys=True, separators=(",", ":")).encode()).digest()
 
 
 def _format(exc: ValidationError) -> str:

@@ -64,6 +64,10 @@ def test_events_record_every_teacher_the_student_and_each_attestation(runs):
     chain = json.loads((run_dir / "chain.json").read_text())
     assert {e["tx"] for e in events} <= {t["tx"] for t in chain["transactions"]}
     assert student["args"]["configHash"] == chain["config_hash"]
+    # anyone holding config.json can check it is the configuration the chain vouches for
+    document = (run_dir / "config.json").read_bytes()
+    assert "0x" + hashlib.sha256(document).hexdigest() == student["args"]["configHash"]
+    assert json.loads(document)["distill"]["method"] == "softtarget"
 
 
 def test_onchain_accuracies_are_what_the_nodes_measured(runs):

@@ -62,6 +62,19 @@ class Synthesizer:
         """Yield batches of synthetic inputs in `space` (on `device`)."""
         raise NotImplementedError
 
+    @classmethod
+    def node_side(cls, teacher: nn.Module, student: nn.Module, x: torch.Tensor, y: torch.Tensor, options: dict,
+                  *, seed: int, space: InputSpace) -> dict[str, nn.Module]:
+        """What a data node publishes besides its teacher for this method, trained on its private data.
+
+        Keys are registry kinds ("ebm", "generator"). Most methods need nothing from the nodes.
+        """
+        return {}
+
+    def use_node_models(self, models: list[dict[str, nn.Module]]) -> str:
+        """Receive what the nodes published (one dict per teacher, in order); return the variant run."""
+        return "default"
+
     def noise(self, n: int) -> torch.Tensor:
         """Uniform noise over the input range, from this method's own seeded generator."""
         u = torch.rand((n, *self.space.shape), generator=self.generator)

@@ -1,0 +1,412 @@
+"""GenKD: deep generative KD by likelihood finetuning (Li et al., IEEE Access 2023; ../shared/papers/000).
+
+A conditional energy-based model f_theta(x, y) is the logit vector of a classifier (JEM view):
+p(x|y) is proportional to exp f(x, y), the marginal is f(x) = logsumexp_y (f(x, y) + log p(y)), and
+the classifier's logits are l_i = f(x, y_i) + log p(y_i). Samples come from SGLD (Eq. 12) started
+from a persistent replay buffer. Two places use it:
+
+- a data node trains the EBM on its private data (Algorithm 1): contrastive divergence L_a, a
+  classification term, and the K-step Langevin policy gradient L_b on the downstream loss L_c;
+- the distiller, with no data, samples from a published EBM (or from the teacher used as the EBM)
+  and keeps finetuning it with L_b against the teacher and the student being distilled; the final
+  replay buffer is the transfer set (Sec. VI-B).
+
+Where the paper is vague or wrong, the choices made here (each one tested in tests/test_genkd.py):
+
+1. Signs. Algorithm 1 line 14 writes L_a = f(x+) - f(x-) and then minimises L; that lowers the
+   likelihood of data. Here L_a = mean f(x-) - mean f(x+), whose minimisation is the maximum
+   likelihood gradient of Eq. 11. Likewise L_b = -A log M (Algorithm 2 writes +r log M), so that
+   minimising it follows Eq. 18 and raises the probability of transitions that lowered L_c.
+2. The policy gradient is live. log M_theta(x_{i+1} | x_i) is the Gaussian log-density with mean
+   x_i + step * grad_x f_theta(x_i), the gradient built with create_graph=True, so d L_b / d theta
+   flows through grad_x f (double backprop). The authors' code rebuilt the mean from x_{i+1} and
+   the noise without the graph, which made L_b exactly zero for theta.
+3. Rewards are per sample and per step, r_i = L_c(x_i) - L_c(x_{i+1}) (Eq. 17-18), detached. The
+   advantage is r minus a running-mean baseline, divided by the batch's reward spread, so that
+   lambda_a does not depend on the scale of L_c.
+4. L_c (Eq. 8) = lambda_kl (L_kl - L_kd) + lambda_cls L_cls, per sample. L_kd is the KL from the
+   teacher to the student (maximised: hard samples). L_kl compares the teacher's class marginal on
+   the samples with a reference: on a data node, its marginal on the real batch; on the distiller,
+   which has no data, the label prior. (Eq. 6 pairs unpaired x- and x+ sample by sample; the
+   marginal is what can be matched.) L_cls is the teacher's cross-entropy against the label the
+   sample was drawn for (Eq. 7); for p(x) sampling, against the teacher's own prediction.
+5. The label prior is a Dirichlet per class built from the teacher's last layer as in ZSKD: the
+   cosine similarity of the normalised weight rows, min-max scaled per row, times beta (floored at
+   1e-3 so that every concentration is positive). A class k is drawn from the prior's marginal and
+   a soft label from Dir(alpha_k); `prior: uniform` draws k uniformly with a one-hot label.
+6. The student inside L_kd is real: on a data node a proxy student trained by KD alongside the EBM,
+   on the distiller the student being distilled (trained on each fresh batch as generation runs).
+7. The EBM runs in eval mode throughout (batch-norm statistics frozen), so that an SGLD chain
+   does not change the model it samples from.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from node.dfkd.base import Options, Synthesizer, register_method
+from node.dfkd.distill import kd_loss
+from node.models import Ensemble
+
+
+class GenKDOptions(Options):
+    sgld_steps: int = Field(20, ge=1, description="T: Langevin steps per iteration")
+    step_size: float = Field(1.0, gt=0, description="SGLD step on grad_x f (JEM's decoupled form)")
+    noise: float = Field(0.01, ge=0, description="SGLD noise standard deviation")
+    parameterization: Literal["decoupled", "paper"] = Field(
+        "decoupled", description="'paper': Eq. 12 with step = sigma^2 / 2 and noise = sigma = `noise`")
+    buffer_size: int = Field(10_000, ge=1, description="replay buffer on the data node")
+    reinit: float = Field(0.05, ge=0, le=1, description="mu: chance that a chain restarts from U(-1, 1)")
+    k: int = Field(5, ge=1, description="K: consecutive Langevin steps in the policy gradient")
+    t_policy: Literal["uniform", "last"] = Field("uniform", description="where the K steps start")
+    policy_gradient: bool = Field(True, description="false: GenKD(N), no L_b")
+    lambda_a: float = Field(1.0, ge=0, description="weight of L_b")
+    lambda_cls: float = Field(1.0, ge=0, description="weight of the classification terms")
+    lambda_kl: float = Field(1.0, ge=0, description="weight of L_kl - L_kd inside L_c")
+    prior: Literal["dirichlet", "uniform"] = "dirichlet"
+    prior_beta: float = Field(1.0, gt=0, description="ZSKD's beta scaling of the concentrations")
+    conditional: bool = Field(True, description="sample p(x|y) (true) or p(x) (false)")
+    iterations: int = Field(200, ge=0, description="SGLD + finetuning iterations")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate of the EBM")
+    kd_temperature: float = Field(4.0, gt=0, description="temperature of L_kd and of the student's steps")
+    student_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the (proxy) student during generation")
+    energy_l2: float = Field(0.0, ge=0, description="optional penalty on f(x+)^2 + f(x-)^2 for stability")
+    node_ebm: bool = Field(True, description="data nodes train and publish an EBM; false: each teacher is its own EBM")
+    node_iterations: int = Field(200, ge=0, description="EBM training iterations on a data node")
+
+
+def dirichlet_concentration(last_weight: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """ZSKD's class-similarity concentrations: row k is beta * minmax(cos(w_k, w_j))_j, floored at 1e-3."""
+    w = F.normalize(last_weight.detach().float(), dim=1)
+    sim = w @ w.T
+    lo, hi = sim.min(dim=1, keepdim=True).values, sim.max(dim=1, keepdim=True).values
+    return (beta * (sim - lo) / (hi - lo).clamp_min(1e-12)).clamp_min(1e-3)
+
+
+class LabelPrior:
+    """p(y): which class a chain samples for, and a soft label for it."""
+
+    def __init__(self, last_weight: torch.Tensor, kind: str = "dirichlet", beta: float = 1.0):
+        self.kind = kind
+        self.alpha = dirichlet_concentration(last_weight, beta)
+        k = self.alpha.shape[0]
+        # the marginal of "draw class k, then a label from Dir(alpha_k)": the mean label over classes
+        mean_labels = self.alpha / self.alpha.sum(1, keepdim=True)
+        self.marginal = mean_labels.mean(0) if kind == "dirichlet" else torch.full((k,), 1.0 / k)
+        self.log_marginal = self.marginal.log()
+
+    @property
+    def num_classes(self) -> int:
+        return self.alpha.shape[0]
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """n (class, soft label) pairs, from `generator` (torch's Dirichlet sampler takes none)."""
+        k = torch.multinomial(self.marginal, n, replacement=True, generator=generator)
+        if self.kind == "uniform":
+            return k, F.one_hot(k, self.num_classes).float()
+        gammas = seeded_gamma(self.alpha[k], generator)  # Dirichlet = normalised Gammas
+        return k, gammas / gammas.sum(1, keepdim=True)
+
+
+def seeded_gamma(alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gamma(alpha, 1) draws with Marsaglia-Tsang, from `generator` (torch's sampler takes none)."""
+    boost = alpha < 1
+    a = torch.where(boost, alpha + 1, alpha)
+    d = a - 1.0 / 3
+    c = 1.0 / torch.sqrt(9 * d)
+    out = torch.empty_like(a)
+    todo = torch.ones_like(a, dtype=torch.bool)
+    while todo.any():
+        z = torch.randn(a.shape, generator=generator)
+        u = torch.rand(a.shape, generator=generator)
+        v = (1 + c * z) ** 3
+        ok = (v > 0) & (torch.log(u.clamp_min(1e-30)) < 0.5 * z**2 + d - d * v + d * torch.log(v.clamp_min(1e-30)))
+        take = todo & ok
+        out[take] = (d * v)[take]
+        todo &= ~ok
+    if boost.any():
+        u = torch.rand(a.shape, generator=generator)
+        out = torch.where(boost, out * u.clamp_min(1e-30) ** (1.0 / alpha), out)
+    return out
+
+
+class ReplayBuffer:
+    """Persistent SGLD chains with the labels they were drawn for; U(-1, 1) at the start."""
+
+    def __init__(self, size: int, shape: tuple[int, ...], prior: LabelPrior, generator: torch.Generator,
+                 low: float = -1.0, high: float = 1.0):
+        self.shape, self.prior, self.generator, self.low, self.high = shape, prior, generator, low, high
+        self.x = self._uniform(size)
+        self.labels, self.soft = prior.sample(size, generator)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def _uniform(self, n: int) -> torch.Tensor:
+        return self.low + (self.high - self.low) * torch.rand((n, *self.shape), generator=self.generator)
+
+    def sample(self, n: int, reinit: float):
+        """n chains to continue; each restarts from U(-1, 1) with a fresh label with chance `reinit`."""
+        idx = torch.randint(len(self), (n,), generator=self.generator)
+        x, labels, soft = self.x[idx].clone(), self.labels[idx].clone(), self.soft[idx].clone()
+        fresh = torch.rand(n, generator=self.generator) < reinit
+        if fresh.any():
+            m = int(fresh.sum())
+            x[fresh] = self._uniform(m)
+            labels[fresh], soft[fresh] = self.prior.sample(m, self.generator)
+        return idx, x, labels, soft, fresh
+
+    def update(self, idx: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor) -> None:
+        self.x[idx], self.labels[idx], self.soft[idx] = x.detach().cpu(), labels.cpu(), soft.cpu()
+
+
+def energy(ebm: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, log_prior: torch.Tensor) -> torch.Tensor:
+    """f(x, y) for the given labels (p(x|y)), or the marginal logsumexp_y f(x, y) + log p(y) (labels None)."""
+    logits = ebm(x)
+    if labels is None:
+        return torch.logsumexp(logits + log_prior.to(logits.device), dim=1)
+    return logits.gather(1, labels.view(-1, 1)).squeeze(1)
+
+
+@dataclass(frozen=True)
+class Langevin:
+    step: float
+    noise: float
+
+    @classmethod
+    def from_options(cls, o: GenKDOptions) -> "Langevin":
+        if o.parameterization == "paper":  # Eq. 12: x + sigma^2/2 grad f + N(0, sigma^2)
+            return cls(step=o.noise**2 / 2, noise=o.noise)
+        return cls(step=o.step_size, noise=o.noise)
+
+    def drift(self, ebm, x, labels, log_prior, *, create_graph: bool = False) -> torch.Tensor:
+        """step * grad_x f(x, y); with create_graph it stays a function of theta (for L_b)."""
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)
+        f = energy(ebm, x, labels, log_prior)
+        (grad,) = torch.autograd.grad(f.sum(), x, create_graph=create_graph)
+        return self.step * grad
+
+    def chain(self, ebm, x0, labels, log_prior, steps: int, generator: torch.Generator, bounds=(-1.0, 1.0)):
+        """T SGLD steps (Eq. 12); returns every state x_0..x_T, detached."""
+        states = [x0.detach()]
+        x = x0.detach()
+        for _ in range(steps):
+            eps = torch.randn(x.shape, generator=generator).to(x.device)
+            x = (x + self.drift(ebm, x, labels, log_prior) + self.noise * eps).detach()
+            states.append(x)
+        return states
+
+    def log_prob(self, ebm, x, x_next, labels, log_prior) -> torch.Tensor:
+        """log M_theta(x_next | x) per sample, up to a constant: Gaussian around x + step grad_x f(x)."""
+        mean = x.detach() + self.drift(ebm, x.detach().requires_grad_(True), labels, log_prior, create_graph=True)
+        var = max(self.noise, 1e-8) ** 2
+        return -((x_next.detach() - mean) ** 2).flatten(1).sum(1) / (2 * var)
+
+
+def downstream_loss(teacher, student, x, soft_labels, reference_marginal, *, lambda_kl: float, lambda_cls: float,
+                    temperature: float) -> torch.Tensor:
+    """L_c (Eq. 8) per sample: lambda_kl (L_kl - L_kd) + lambda_cls L_cls, without gradients."""
+    with torch.no_grad():
+        t_logits = teacher(x)
+        t_prob = F.softmax(t_logits, dim=1)
+        tau = temperature
+        l_kd = F.kl_div(F.log_softmax(student(x) / tau, 1), F.log_softmax(t_logits / tau, 1), log_target=True,
+                        reduction="none").sum(1) * tau * tau
+        marginal = t_prob.mean(0).clamp_min(1e-12)
+        ref = reference_marginal.to(x.device).clamp_min(1e-12)
+        l_kl = (marginal * (marginal.log() - ref.log())).sum()  # batch-level: the same for every sample
+        target = soft_labels if soft_labels is not None else F.one_hot(t_logits.argmax(1), t_logits.shape[1]).float()
+        l_cls = -(target * F.log_softmax(t_logits, 1)).sum(1)
+        return lambda_kl * (l_kl - l_kd) + lambda_cls * l_cls
+
+
+class PolicyGradient:
+    """L_b over K consecutive Langevin steps (Eq. 16-18, Algorithm 2) with a running-mean baseline."""
+
+    def __init__(self, momentum: float = 0.9):
+        self.baseline, self.momentum = 0.0, momentum
+
+    def loss(self, ebm, langevin: Langevin, states, start: int, k: int, labels, log_prior, reward_fn) -> tuple:
+        """(L_b, rewards): rewards r_i = L_c(x_i) - L_c(x_{i+1}) are detached numbers, log M carries theta."""
+        window = states[start : start + k + 1]
+        with torch.no_grad():
+            costs = [reward_fn(x) for x in window]
+            rewards = torch.stack([costs[i] - costs[i + 1] for i in range(len(window) - 1)])  # (K, batch)
+        advantage = (rewards - self.baseline) / (rewards.std() + 1e-8)
+        self.baseline = self.momentum * self.baseline + (1 - self.momentum) * rewards.mean().item()
+        log_m = torch.stack([langevin.log_prob(ebm, window[i], window[i + 1], labels, log_prior)
+                             for i in range(len(window) - 1)])
+        return -(advantage.detach() * log_m).mean(), rewards
+
+
+def _start(o: GenKDOptions, generator: torch.Generator) -> int:
+    k = min(o.k, o.sgld_steps)
+    if o.t_policy == "last":
+        return o.sgld_steps - k
+    return int(torch.randint(o.sgld_steps - k + 1, (1,), generator=generator))
+
+
+def _student_step(student, teacher, opt, x, temperature) -> float:
+    student.train()
+    with torch.no_grad():
+        target = teacher(x)
+    loss = kd_loss(student(x), target, temperature)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    student.eval()
+    return loss.item()
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+@dataclass
+class EBMStepLosses:
+    total: torch.Tensor
+    l_a: torch.Tensor
+    l_cls: torch.Tensor
+    l_b: torch.Tensor
+
+
+def ebm_training_loss(ebm, teacher, student, prior: LabelPrior, langevin: Langevin, pg: PolicyGradient,
+                      o: GenKDOptions, x_pos, y_pos, states, labels, soft, generator) -> EBMStepLosses:
+    """Algorithm 1's loss L = L_a + lambda_cls L_cls + lambda_a L_b on one batch (data node)."""
+    log_prior = prior.log_marginal.to(x_pos.device)
+    cond = labels if o.conditional else None
+    x_neg = states[-1]
+    f_pos = energy(ebm, x_pos, y_pos if o.conditional else None, log_prior)
+    f_neg = energy(ebm, x_neg, cond, log_prior)
+    l_a = f_neg.mean() - f_pos.mean()  # minimising raises f on data relative to samples (Eq. 11)
+    if o.energy_l2:
+        l_a = l_a + o.energy_l2 * (f_pos**2 + f_neg**2).mean()
+    l_cls = F.cross_entropy(ebm(x_pos) + log_prior, y_pos)  # p_theta(y|x) with l_i = f(x, y_i) + log p(y_i)
+    l_b = torch.zeros((), device=x_pos.device)
+    if o.policy_gradient:
+        with torch.no_grad():
+            reference = F.softmax(teacher(x_pos), 1).mean(0)
+        reward_fn = lambda x: downstream_loss(  # noqa: E731
+            teacher, student, x, soft if o.conditional else None, reference, lambda_kl=o.lambda_kl,
+            lambda_cls=o.lambda_cls, temperature=o.kd_temperature)
+        l_b, _ = pg.loss(ebm, langevin, states, _start(o, generator), min(o.k, o.sgld_steps), cond, log_prior, reward_fn)
+    return EBMStepLosses(l_a + o.lambda_cls * l_cls + o.lambda_a * l_b, l_a, l_cls, l_b)
+
+
+def train_ebm(teacher: nn.Module, student: nn.Module, x: torch.Tensor, y: torch.Tensor, options: dict, *,
+              seed: int, bounds=(-1.0, 1.0), progress=None) -> tuple[nn.Module, dict]:
+    """A data node's EBM (Algorithm 1), warm-started from its teacher, with a proxy student trained alongside."""
+    o = GenKDOptions(**options)
+    gen = torch.Generator().manual_seed(seed)
+    teacher = _frozen(teacher)
+    ebm = copy.deepcopy(teacher).eval()
+    for p in ebm.parameters():
+        p.requires_grad_(True)
+    prior = LabelPrior(teacher_last_weight(teacher), o.prior, o.prior_beta)
+    langevin, pg = Langevin.from_options(o), PolicyGradient()
+    buffer = ReplayBuffer(o.buffer_size, tuple(x.shape[1:]), prior, gen, *bounds)
+    opt = torch.optim.Adam(ebm.parameters(), lr=o.lr)
+    student_opt = torch.optim.Adam(student.parameters(), lr=o.student_lr)
+    history = {"l_a": [], "l_cls": [], "l_b": []}
+    for it in range(o.iterations):
+        batch = torch.randint(len(y), (o.batch_size,), generator=gen)
+        idx, x0, labels, soft, _ = buffer.sample(o.batch_size, o.reinit)
+        states = langevin.chain(ebm, x0, labels if o.conditional else None, prior.log_marginal, o.sgld_steps, gen)
+        states = [s.clamp(*bounds) for s in states]
+        losses = ebm_training_loss(ebm, teacher, student, prior, langevin, pg, o, x[batch], y[batch], states,
+                                   labels, soft, gen)
+        opt.zero_grad(set_to_none=True)
+        losses.total.backward()
+        opt.step()
+        buffer.update(idx, states[-1], labels, soft)
+        _student_step(student, teacher, student_opt, states[-1], o.kd_temperature)
+        for name in history:
+            history[name].append(getattr(losses, name).item())
+        if progress:
+            progress("ebm", it + 1, o.iterations)
+    return ebm.eval(), history
+
+
+def teacher_last_weight(model: nn.Module) -> torch.Tensor:
+    if isinstance(model, Ensemble):  # the members' mean last layer: one prior for the ensemble
+        return torch.stack([teacher_last_weight(m) for m in model.members]).mean(0)
+    return model.head[-1].weight
+
+
+@register_method("genkd")
+class GenKD(Synthesizer):
+    """The distiller's side: SGLD from an EBM with policy-gradient finetuning; the buffer is the transfer set."""
+
+    online = True  # trains the student while it generates (L_kd needs the current student)
+    Options = GenKDOptions
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ebms: list[nn.Module] | None = None  # published EBMs; None: each teacher serves as its own EBM
+
+    @property
+    def variant(self) -> str:
+        return "published-ebm" if self.ebms else "teacher-as-ebm"
+
+    @classmethod
+    def node_side(cls, teacher, student, x, y, options, *, seed, space):
+        o = cls.Options(**options)
+        if not o.node_ebm:
+            return {}
+        ebm, _ = train_ebm(teacher, student, x, y, {**options, "iterations": o.node_iterations}, seed=seed,
+                           bounds=(space.low, space.high))
+        return {"ebm": ebm}
+
+    def use_node_models(self, models):
+        """Use the nodes' EBMs when every node published one; else every teacher is its own EBM."""
+        ebms = [m.get("ebm") for m in models]
+        self.ebms = [e.to(self.device) for e in ebms] if ebms and all(e is not None for e in ebms) else None
+        return self.variant
+
+    def synthesize(self):
+        o = self.options
+        teacher = _frozen(self.teacher)
+        members = list(teacher.members) if isinstance(teacher, Ensemble) else [teacher]
+        ebms = self.ebms or [copy.deepcopy(m) for m in members]
+        langevin, pg = Langevin.from_options(o), PolicyGradient()
+        prior = LabelPrior(teacher_last_weight(teacher), o.prior, o.prior_beta)
+        log_prior = prior.log_marginal.to(self.device)
+        student_opt = torch.optim.Adam(self.student.parameters(), lr=o.student_lr)
+        shares = [self.samples // len(ebms) + (i < self.samples % len(ebms)) for i in range(len(ebms))]
+        bounds = (self.space.low, self.space.high)
+        for ebm, share in zip(ebms, shares):
+            ebm = ebm.to(self.device).eval()
+            for p in ebm.parameters():
+                p.requires_grad_(True)
+            opt = torch.optim.Adam(ebm.parameters(), lr=o.lr)
+            buffer = ReplayBuffer(share, self.space.shape, prior, self.generator, *bounds)
+            for _ in range(o.iterations):
+                idx, x0, labels, soft, _ = buffer.sample(min(o.batch_size, share), o.reinit)
+                x0, labels, soft = x0.to(self.device), labels.to(self.device), soft.to(self.device)
+                cond = labels if o.conditional else None
+                states = [s.clamp(*bounds) for s in langevin.chain(ebm, x0, cond, log_prior, o.sgld_steps, self.generator)]
+                if o.policy_gradient:  # no data here: L_b against the teacher, the student and the prior
+                    reward_fn = lambda x: downstream_loss(  # noqa: E731
+                        teacher, self.student, x, soft if o.conditional else None, prior.marginal,
+                        lambda_kl=o.lambda_kl, lambda_cls=o.lambda_cls, temperature=o.kd_temperature)
+                    l_b, _ = pg.loss(ebm, langevin, states, _start(o, self.generator), min(o.k, o.sgld_steps),
+                                     cond, log_prior, reward_fn)
+                    opt.zero_grad(set_to_none=True)
+                    (o.lambda_a * l_b).backward()
+                    opt.step()
+                buffer.update(idx, states[-1], labels, soft)
+                _student_step(self.student, teacher, student_opt, states[-1], o.kd_temperature)
+            for start in range(0, share, 256):
+                yield buffer.x[start : start + 256].to(self.device)

@@ -1,0 +1,211 @@
+"""GenKD's parts on tiny networks: each test checks one claim of node/dfkd/genkd.py's docstring."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from node.dfkd import InputSpace, build_synthesizer, distill
+from node.dfkd.genkd import (
+    GenKDOptions, Langevin, LabelPrior, PolicyGradient, ReplayBuffer, dirichlet_concentration, downstream_loss,
+    ebm_training_loss, energy, seeded_gamma, train_ebm,
+)
+from node.models import build_model
+
+SHAPE = (1, 8, 8)
+
+
+def nets(seed=0):
+    torch.manual_seed(seed)
+    return build_model("digits-cnn", SHAPE, 10).eval(), build_model("digits-cnn-half", SHAPE, 10).eval()
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_dirichlet_alpha_is_minmax_scaled_cosine_of_last_layer_rows():
+    w = torch.randn(5, 7)
+    alpha = dirichlet_concentration(w, beta=2.0)
+    cos = F.normalize(w, dim=1) @ F.normalize(w, dim=1).T
+    for k in range(5):
+        row = (cos[k] - cos[k].min()) / (cos[k].max() - cos[k].min())
+        assert torch.allclose(alpha[k], (2.0 * row).clamp_min(1e-3), atol=1e-6)
+    assert torch.allclose(alpha.diagonal(), torch.full((5,), 2.0))  # a class is most similar to itself
+
+
+def test_seeded_gamma_has_the_right_mean_and_prior_labels_are_distributions():
+    alpha = torch.tensor([0.3, 1.0, 4.0])
+    draws = seeded_gamma(alpha.expand(40_000, 3), gen())
+    assert torch.allclose(draws.mean(0), alpha, rtol=0.05)
+    teacher, _ = nets()
+    prior = LabelPrior(teacher.head[-1].weight, "dirichlet")
+    k, soft = prior.sample(500, gen())
+    assert torch.allclose(soft.sum(1), torch.ones(500), atol=1e-5)
+    # a soft label puts more mass on its own class than on average: row k of alpha peaks at k
+    assert (soft.gather(1, k.view(-1, 1)).mean() > soft.mean())
+    k2, soft2 = prior.sample(500, gen())
+    assert torch.equal(k, k2) and torch.equal(soft, soft2)  # reproducible from the generator
+
+
+def test_replay_buffer_reinitialises_a_fraction_near_mu():
+    teacher, _ = nets()
+    buf = ReplayBuffer(1000, SHAPE, LabelPrior(teacher.head[-1].weight), gen())
+    assert buf.x.min() >= -1 and buf.x.max() <= 1
+    fresh = torch.cat([buf.sample(500, 0.05)[4] for _ in range(40)]).float().mean()
+    assert 0.04 < fresh < 0.06
+
+
+def test_sgld_step_matches_the_formula():
+    teacher, _ = nets()
+    lp = torch.zeros(10)
+    x0, labels = torch.rand(4, *SHAPE) * 2 - 1, torch.tensor([0, 1, 2, 3])
+    lang = Langevin(step=0.5, noise=0.01)
+    states = lang.chain(teacher, x0, labels, lp, 1, gen(3))
+    xr = x0.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(teacher(xr).gather(1, labels.view(-1, 1)).sum(), xr)
+    eps = torch.randn(x0.shape, generator=gen(3))
+    assert torch.allclose(states[1], x0 + 0.5 * grad + 0.01 * eps, atol=1e-6)
+    paper = Langevin.from_options(GenKDOptions(parameterization="paper", noise=0.1))
+    assert (paper.step, paper.noise) == pytest.approx((0.005, 0.1))  # sigma^2 / 2 and sigma
+
+
+def test_marginal_energy_is_logsumexp_with_the_prior():
+    teacher, _ = nets()
+    x, lp = torch.randn(3, *SHAPE), torch.log(torch.full((10,), 0.1))
+    assert torch.allclose(energy(teacher, x, None, lp), torch.logsumexp(teacher(x) + lp, 1))
+
+
+def test_contrastive_divergence_sign_raises_f_on_data_relative_to_samples():
+    teacher, student = nets()
+    ebm = copy.deepcopy(teacher)
+    o = GenKDOptions(policy_gradient=False, lambda_cls=0.0, sgld_steps=3)
+    prior = LabelPrior(teacher.head[-1].weight)
+    x_pos, y_pos = torch.rand(16, *SHAPE) * 2 - 1, torch.randint(10, (16,))
+    x_neg, labels = torch.rand(16, *SHAPE) * 2 - 1, torch.randint(10, (16,))
+    states = [x_neg]
+
+    def gap():
+        with torch.no_grad():
+            return (energy(ebm, x_pos, y_pos, prior.log_marginal).mean() - energy(ebm, x_neg, labels, prior.log_marginal).mean()).item()
+
+    before = gap()
+    loss = ebm_training_loss(ebm, teacher, student, prior, Langevin(1.0, 0.01), PolicyGradient(), o, x_pos, y_pos,
+                             states, labels, None, gen())
+    assert torch.allclose(loss.l_a, -torch.tensor(before), atol=1e-5)
+    loss.total.backward()
+    with torch.no_grad():
+        for p in ebm.parameters():
+            p -= 1e-3 * p.grad
+    assert gap() > before
+
+
+def _pg_setup():
+    teacher, student = nets()
+    ebm = copy.deepcopy(teacher)
+    lp = torch.zeros(10)
+    lang = Langevin(step=1.0, noise=0.05)
+    x0, labels = torch.rand(32, *SHAPE) * 2 - 1, torch.randint(10, (32,))
+    states = lang.chain(ebm, x0, labels, lp, 4, gen(1))
+    return teacher, student, ebm, lp, lang, labels, states
+
+
+def test_policy_gradient_reaches_theta_through_grad_x_f():
+    teacher, student, ebm, lp, lang, labels, states = _pg_setup()
+    soft = F.one_hot(labels, 10).float()
+    reward_fn = lambda x: downstream_loss(teacher, student, x, soft, torch.full((10,), 0.1), lambda_kl=1,  # noqa: E731
+                                          lambda_cls=1, temperature=4)
+    l_b, rewards = PolicyGradient().loss(ebm, lang, states, 0, 3, labels, lp, reward_fn)
+    assert not rewards.requires_grad  # the reward is a number, not a path for gradients
+    l_b.backward()
+    no_grad = [name for name, p in ebm.named_parameters() if p.grad is None]
+    assert no_grad == ["head.1.bias"]  # grad_x f does not depend on the last bias, so neither does L_b
+    assert sum(p.grad.abs().sum() for p in ebm.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None for p in teacher.parameters()) and all(p.grad is None for p in student.parameters())
+
+
+def test_a_step_along_minus_grad_lb_raises_log_prob_of_rewarded_transitions():
+    teacher, student, ebm, lp, lang, labels, states = _pg_setup()
+    # a reward that is positive for the first half of the batch and negative for the second
+    sign = torch.cat([torch.ones(16), -torch.ones(16)])
+    calls = iter(range(100))
+    reward_fn = lambda x: -sign * next(calls)  # noqa: E731 - costs fall for the first half at every step
+    pg = PolicyGradient()
+    l_b, rewards = pg.loss(ebm, lang, states, 0, 1, labels, lp, reward_fn)
+    assert (rewards[0, :16] > 0).all() and (rewards[0, 16:] < 0).all()
+    before = lang.log_prob(ebm, states[0], states[1], labels, lp).detach()
+    l_b.backward()
+    with torch.no_grad():
+        for p in ebm.parameters():
+            if p.grad is not None:
+                p -= 1e-4 * p.grad
+    after = lang.log_prob(ebm, states[0], states[1], labels, lp).detach()
+    change = after - before
+    # what -grad L_b guarantees to first order: the advantage-weighted log-probability goes up
+    assert (sign * change).sum() > 0
+    assert change[:16].mean() > 0  # the rewarded transitions became more likely
+
+
+def test_genkd_n_differs_from_genkd_only_by_lambda_a_lb():
+    teacher, student, ebm, lp, lang, labels, states = _pg_setup()
+    prior = LabelPrior(teacher.head[-1].weight)
+    x_pos, y_pos = torch.rand(32, *SHAPE) * 2 - 1, torch.randint(10, (32,))
+    soft = F.one_hot(labels, 10).float()
+    common = dict(sgld_steps=4, k=2, lambda_a=0.7)
+    with_pg = ebm_training_loss(ebm, teacher, student, prior, lang, PolicyGradient(), GenKDOptions(**common),
+                                x_pos, y_pos, states, labels, soft, gen(5))
+    without = ebm_training_loss(ebm, teacher, student, prior, lang, PolicyGradient(),
+                                GenKDOptions(**common, policy_gradient=False), x_pos, y_pos, states, labels, soft, gen(5))
+    assert without.l_b == 0 and with_pg.l_b != 0
+    assert torch.allclose(with_pg.total - without.total, 0.7 * with_pg.l_b, atol=1e-5)
+    assert torch.allclose(with_pg.l_a, without.l_a) and torch.allclose(with_pg.l_cls, without.l_cls)
+
+
+def test_data_node_ebm_training_runs_and_keeps_the_teacher_unchanged():
+    teacher, student = nets()
+    before = copy.deepcopy(teacher.state_dict())
+    x, y = torch.rand(64, *SHAPE) * 2 - 1, torch.randint(10, (64,))
+    ebm, history = train_ebm(teacher, student, x, y, {"iterations": 3, "sgld_steps": 4, "k": 2, "buffer_size": 50,
+                                                      "batch_size": 16}, seed=0)
+    assert len(history["l_b"]) == 3 and all(v != 0 for v in history["l_b"])
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in ebm.state_dict().items())
+
+
+def test_genkd_refuses_teacher_as_student_and_yields_its_budget():
+    teacher, student = nets()
+    with pytest.raises(ValueError, match="different network"):
+        build_synthesizer("genkd", teacher, teacher, InputSpace(SHAPE), {}, samples=8, seed=0, device=torch.device("cpu"))
+    syn = build_synthesizer("genkd", teacher, student, InputSpace(SHAPE), {"iterations": 2, "sgld_steps": 3, "k": 2,
+                            "batch_size": 8}, samples=20, seed=0, device=torch.device("cpu"))
+    assert syn.variant == "teacher-as-ebm"
+    x = torch.cat(list(syn.synthesize()))
+    assert x.shape == (20, *SHAPE) and x.min() >= -1 and x.max() <= 1
+
+
+def test_genkd_student_beats_the_noise_floor_on_digits():
+    """CI-sized: the same two digits teachers, the same budget, noise transfer set vs GenKD's buffer."""
+    from node.config import DataConfig
+    from node.data import node_splits
+    from node.models import Ensemble
+    from node.training import accuracy, train_classifier
+
+    torch.set_num_threads(1)
+    teachers, tests = [], []
+    for pid in range(2):
+        train, test = node_splits(DataConfig(alpha=1.0), pid, 2, seed=0)
+        torch.manual_seed(pid)
+        t = build_model("digits-cnn", SHAPE, 10)
+        train_classifier(t, train, epochs=10, lr=1e-3, batch_size=32, seed=pid)
+        teachers.append(t)
+        tests.append(test)
+    scores = {}
+    for method, options in (("noise", {}), ("genkd", {"iterations": 25, "sgld_steps": 10, "k": 3, "batch_size": 64})):
+        torch.manual_seed(0)
+        student = build_model("digits-cnn-half", SHAPE, 10)
+        syn = build_synthesizer(method, Ensemble(teachers), student, InputSpace(SHAPE), options, samples=600, seed=0,
+                                device=torch.device("cpu"))
+        result = distill(syn, epochs=30, lr=1e-3, batch_size=64, temperature=20, seed=0)
+        scores[method] = sum(accuracy(result.student, t) * len(t) for t in tests) / sum(len(t) for t in tests)
+    assert scores["genkd"] > scores["noise"] + 0.03, scores
