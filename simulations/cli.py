@@ -294,6 +294,61 @@ def devnet(
     console.print(f"devnet stopped; state written to {state}", highlight=False)
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks, each writing markdown and JSON.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("dfkd")
+@one_line_errors
+def bench_dfkd_command(
+    dataset: str = typer.Option("fashion-mnist", "--dataset"),
+    data_path: Optional[Path] = typer.Option(None, "--data-path", help="folder of the dataset's files"),
+    teacher: str = typer.Option("lenet5-bn", "--teacher"),
+    student: str = typer.Option("lenet5-half-bn", "--student"),
+    methods: str = typer.Option("noise,softtarget,genkd,kd", "--methods",
+                                help="comma list of methods, each with options after ':', e.g. "
+                                     "'noise,genkd:k=10,conditional=false,kd'"),
+    samples: int = typer.Option(6000, "--samples", help="synthetic samples for every method"),
+    teacher_epochs: int = typer.Option(5, "--teacher-epochs"),
+    student_epochs: int = typer.Option(30, "--student-epochs"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    temperature: float = typer.Option(4.0, "--temperature"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    out: Path = typer.Option(Path("runs/bench-dfkd"), "--out", help="where bench.md and bench.json go"),
+    cache: Path = typer.Option(Path("runs/bench-cache"), "--cache", help="trained teachers, named by configuration hash"),
+) -> None:
+    """Every DFKD method on one teacher with the same sample count and student budget."""
+    import shlex
+
+    from simulations.bench import bench_dfkd, to_markdown
+
+    from simulations.bench import split_methods
+
+    specs = split_methods(methods)
+    _quiet_logs(False)
+    columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total or None)
+            bar.update(tasks[stage], completed=done, total=total or None)
+
+        cache.mkdir(parents=True, exist_ok=True)
+        result = bench_dfkd(dataset=dataset, data_path=data_path, teacher_name=teacher, student_name=student,
+                            methods=specs, samples=samples, teacher_epochs=teacher_epochs, student_epochs=student_epochs,
+                            lr=lr, batch_size=batch_size, temperature=temperature, seed=seed, device=device,
+                            cache=cache, progress=progress)
+    command = "kdledger bench dfkd " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps({**result, "command": command}, indent=1) + "\n")
+    (out / "bench.md").write_text(to_markdown(result, command))
+    console.print((out / "bench.md").read_text(), highlight=False)
+
+
 def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

@@ -56,6 +56,8 @@ class Scenario(Strict):
                 raise ValueError(f"{field}: unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
         if self.distill.method not in METHODS:
             raise ValueError(f"distill.method: unknown method {self.distill.method!r} (known: {', '.join(sorted(METHODS))})")
+        if self.distill.method == "kd":
+            raise ValueError("distill.method: kd distils on real data, which no distiller has; it is for benchmarks only")
         try:
             METHODS[self.distill.method].Options(**self.distill.options)
         except ValidationError as exc:

@@ -56,6 +56,7 @@ class Synthesizer:
             raise MethodError(f"distill.options.{where}: {err['msg']} (method {self.name})") from None
         self.teacher, self.student, self.space = teacher, student, space
         self.samples, self.device = samples, device
+        self.student_steps = 0  # optimizer steps an online method gave the student while generating
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def synthesize(self) -> Iterator[torch.Tensor]:

@@ -37,6 +37,7 @@ class DistillResult:
     synthesis_s: float
     training_s: float
     losses: list[float] = field(default_factory=list)  # mean KD loss per epoch
+    student_steps: int = 0  # every optimizer step the student took, during synthesis and after
 
 
 def distill(
@@ -75,4 +76,5 @@ def distill(
         if progress:
             progress("train", epoch + 1, epochs)
     student.eval()
-    return DistillResult(student, transfer.cpu(), t1 - t0, time.perf_counter() - t1, losses)
+    steps = synthesizer.student_steps + epochs * -(-len(transfer) // batch_size)
+    return DistillResult(student, transfer.cpu(), t1 - t0, time.perf_counter() - t1, losses, steps)

@@ -267,13 +267,6 @@ def _student_step(student, teacher, opt, x, temperature) -> float:
     return loss.item()
 
 
-def _frozen(module: nn.Module) -> nn.Module:
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
 @dataclass
 class EBMStepLosses:
     total: torch.Tensor
@@ -310,7 +303,8 @@ def train_ebm(teacher: nn.Module, student: nn.Module, x: torch.Tensor, y: torch.
     """A data node's EBM (Algorithm 1), warm-started from its teacher, with a proxy student trained alongside."""
     o = GenKDOptions(**options)
     gen = torch.Generator().manual_seed(seed)
-    teacher = _frozen(teacher)
+    device = next(teacher.parameters()).device
+    teacher = teacher.eval()  # only ever evaluated under no_grad: its weights cannot move
     ebm = copy.deepcopy(teacher).eval()
     for p in ebm.parameters():
         p.requires_grad_(True)
@@ -323,10 +317,12 @@ def train_ebm(teacher: nn.Module, student: nn.Module, x: torch.Tensor, y: torch.
     for it in range(o.iterations):
         batch = torch.randint(len(y), (o.batch_size,), generator=gen)
         idx, x0, labels, soft, _ = buffer.sample(o.batch_size, o.reinit)
+        x0, labels, soft = x0.to(device), labels.to(device), soft.to(device)
         states = langevin.chain(ebm, x0, labels if o.conditional else None, prior.log_marginal, o.sgld_steps, gen)
         states = [s.clamp(*bounds) for s in states]
-        losses = ebm_training_loss(ebm, teacher, student, prior, langevin, pg, o, x[batch], y[batch], states,
-                                   labels, soft, gen)
+        batch = batch.to(x.device)
+        losses = ebm_training_loss(ebm, teacher, student, prior, langevin, pg, o, x[batch].to(device),
+                                   y[batch].to(device), states, labels, soft, gen)
         opt.zero_grad(set_to_none=True)
         losses.total.backward()
         opt.step()
@@ -377,7 +373,7 @@ class GenKD(Synthesizer):
 
     def synthesize(self):
         o = self.options
-        teacher = _frozen(self.teacher)
+        teacher = self.teacher.eval()  # evaluated under no_grad only
         members = list(teacher.members) if isinstance(teacher, Ensemble) else [teacher]
         ebms = self.ebms or [copy.deepcopy(m) for m in members]
         langevin, pg = Langevin.from_options(o), PolicyGradient()
@@ -408,5 +404,6 @@ class GenKD(Synthesizer):
                     opt.step()
                 buffer.update(idx, states[-1], labels, soft)
                 _student_step(self.student, teacher, student_opt, states[-1], o.kd_temperature)
+                self.student_steps += 1
             for start in range(0, share, 256):
                 yield buffer.x[start : start + 256].to(self.device)

@@ -1,0 +1,45 @@
+"""The DFKD benchmark: method specs, a tiny real run, and what it writes."""
+
+import json
+
+import pytest
+
+from conftest import kdledger
+from node.dfkd import MethodError
+from simulations.bench import parse_method, split_methods
+
+
+def test_method_specs_split_and_parse():
+    assert split_methods("noise, genkd:k=10,conditional=false ,kd") == ["noise", "genkd:k=10,conditional=false", "kd"]
+    assert parse_method("genkd:k=10,conditional=false") == ("genkd", {"k": 10, "conditional": False})
+    with pytest.raises(MethodError, match="unknown method 'nope'"):
+        parse_method("nope")
+    with pytest.raises(Exception, match="kk"):
+        parse_method("genkd:kk=1")
+
+
+def test_tiny_bench_on_digits_writes_markdown_and_json(tmp_path):
+    done = kdledger("bench", "dfkd", "--dataset", "digits", "--teacher", "digits-cnn", "--student", "digits-cnn-half",
+                    "--methods", "noise,genkd:iterations=3,node_iterations=3,sgld_steps=4,k=2,kd", "--samples", "200",
+                    "--teacher-epochs", "2", "--student-epochs", "2", "--out", str(tmp_path / "out"),
+                    "--cache", str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "bench.json").read_text())
+    methods = [r["method"] for r in result["rows"]]
+    assert methods == ["noise", "genkd:iterations=3,node_iterations=3,sgld_steps=4,k=2", "kd"]
+    assert all(r["samples"] == 200 for r in result["rows"])
+    kd = result["rows"][-1]
+    assert kd["gap_to_kd"] == 0
+    genkd = result["rows"][1]
+    assert genkd["variant"] == "published-ebm" and genkd["node_s"] > 0
+    assert genkd["student_steps"] > result["rows"][0]["student_steps"]  # online steps are counted, not hidden
+    assert "kdledger bench dfkd" in (tmp_path / "out" / "bench.md").read_text()
+    # the teacher is cached under its configuration's hash and reused
+    assert len(list((tmp_path / "cache").glob("teacher-*.json"))) == 1
+
+
+def test_kd_is_refused_in_a_scenario(tmp_path):
+    path = tmp_path / "kd.yaml"
+    path.write_text("name: kd\ndistill:\n  method: kd\n")
+    done = kdledger("run", str(path))
+    assert done.returncode == 1 and "benchmarks only" in done.stderr
