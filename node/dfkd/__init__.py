@@ -8,7 +8,7 @@ from node.dfkd.base import METHODS, InputSpace, MethodError, Synthesizer, build_
 from node.dfkd.distill import DistillResult, distill, kd_loss, resolve_device
 
 # importing the method modules fills the registry
-from node.dfkd import genkd, kd, noise, softtarget  # noqa: E402,F401  isort:skip
+from node.dfkd import dafl, deepinversion, genkd, kd, minkowski, noise, softtarget, zskd  # noqa: E402,F401  isort:skip
 
 __all__ = [
     "METHODS", "DistillResult", "InputSpace", "MethodError", "Synthesizer", "build_synthesizer", "distill",

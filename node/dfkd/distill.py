@@ -60,6 +60,7 @@ def distill(
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(student.parameters(), lr=lr)
+    loss_fn = getattr(synthesizer, "student_loss", kd_loss)  # a method may bring its own distance (minkowski)
     student.train()
     losses = []
     for epoch in range(epochs):
@@ -67,7 +68,7 @@ def distill(
         total = 0.0
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            loss = kd_loss(student(transfer[idx]), targets[idx], temperature)
+            loss = loss_fn(student(transfer[idx]), targets[idx], temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -53,6 +53,7 @@ from torch import nn
 
 from node.dfkd.base import Options, Synthesizer, register_method
 from node.dfkd.distill import kd_loss
+from node.dfkd.zskd import dirichlet_concentration, last_layer_weight, seeded_gamma
 from node.models import Ensemble
 
 
@@ -83,14 +84,6 @@ class GenKDOptions(Options):
     node_iterations: int = Field(200, ge=0, description="EBM training iterations on a data node")
 
 
-def dirichlet_concentration(last_weight: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
-    """ZSKD's class-similarity concentrations: row k is beta * minmax(cos(w_k, w_j))_j, floored at 1e-3."""
-    w = F.normalize(last_weight.detach().float(), dim=1)
-    sim = w @ w.T
-    lo, hi = sim.min(dim=1, keepdim=True).values, sim.max(dim=1, keepdim=True).values
-    return (beta * (sim - lo) / (hi - lo).clamp_min(1e-12)).clamp_min(1e-3)
-
-
 class LabelPrior:
     """p(y): which class a chain samples for, and a soft label for it."""
 
@@ -114,28 +107,6 @@ class LabelPrior:
             return k, F.one_hot(k, self.num_classes).float()
         gammas = seeded_gamma(self.alpha[k], generator)  # Dirichlet = normalised Gammas
         return k, gammas / gammas.sum(1, keepdim=True)
-
-
-def seeded_gamma(alpha: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Gamma(alpha, 1) draws with Marsaglia-Tsang, from `generator` (torch's sampler takes none)."""
-    boost = alpha < 1
-    a = torch.where(boost, alpha + 1, alpha)
-    d = a - 1.0 / 3
-    c = 1.0 / torch.sqrt(9 * d)
-    out = torch.empty_like(a)
-    todo = torch.ones_like(a, dtype=torch.bool)
-    while todo.any():
-        z = torch.randn(a.shape, generator=generator)
-        u = torch.rand(a.shape, generator=generator)
-        v = (1 + c * z) ** 3
-        ok = (v > 0) & (torch.log(u.clamp_min(1e-30)) < 0.5 * z**2 + d - d * v + d * torch.log(v.clamp_min(1e-30)))
-        take = todo & ok
-        out[take] = (d * v)[take]
-        todo &= ~ok
-    if boost.any():
-        u = torch.rand(a.shape, generator=generator)
-        out = torch.where(boost, out * u.clamp_min(1e-30) ** (1.0 / alpha), out)
-    return out
 
 
 class ReplayBuffer:
@@ -308,7 +279,7 @@ def train_ebm(teacher: nn.Module, student: nn.Module, x: torch.Tensor, y: torch.
     ebm = copy.deepcopy(teacher).eval()
     for p in ebm.parameters():
         p.requires_grad_(True)
-    prior = LabelPrior(teacher_last_weight(teacher), o.prior, o.prior_beta)
+    prior = LabelPrior(last_layer_weight(teacher), o.prior, o.prior_beta)
     langevin, pg = Langevin.from_options(o), PolicyGradient()
     buffer = ReplayBuffer(o.buffer_size, tuple(x.shape[1:]), prior, gen, *bounds)
     opt = torch.optim.Adam(ebm.parameters(), lr=o.lr)
@@ -333,12 +304,6 @@ def train_ebm(teacher: nn.Module, student: nn.Module, x: torch.Tensor, y: torch.
         if progress:
             progress("ebm", it + 1, o.iterations)
     return ebm.eval(), history
-
-
-def teacher_last_weight(model: nn.Module) -> torch.Tensor:
-    if isinstance(model, Ensemble):  # the members' mean last layer: one prior for the ensemble
-        return torch.stack([teacher_last_weight(m) for m in model.members]).mean(0)
-    return model.head[-1].weight
 
 
 @register_method("genkd")
@@ -377,7 +342,7 @@ class GenKD(Synthesizer):
         members = list(teacher.members) if isinstance(teacher, Ensemble) else [teacher]
         ebms = self.ebms or [copy.deepcopy(m) for m in members]
         langevin, pg = Langevin.from_options(o), PolicyGradient()
-        prior = LabelPrior(teacher_last_weight(teacher), o.prior, o.prior_beta)
+        prior = LabelPrior(last_layer_weight(teacher), o.prior, o.prior_beta)
         log_prior = prior.log_marginal.to(self.device)
         student_opt = torch.optim.Adam(self.student.parameters(), lr=o.student_lr)
         shares = [self.samples // len(ebms) + (i < self.samples % len(ebms)) for i in range(len(ebms))]
