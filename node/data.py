@@ -7,6 +7,7 @@ node computes its own share from the shared seed, and nobody ships data to anyon
 from __future__ import annotations
 
 import gzip
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,17 +78,70 @@ def _idx_dataset(name: str, folder: Path, split: str) -> tuple[np.ndarray, np.nd
     return x[:, None], labels.astype(np.int64), SPECS[name]
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR's python batches are pickles: allow exactly what they hold (dicts of bytes, lists, arrays)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("copyreg", "_reconstructor")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise DatasetError(f"refusing to load {module}.{name} from a CIFAR batch (only arrays are expected)")
+        return super().find_class(module, name)
+
+
+def _cifar_batch(path: Path) -> dict:
+    if not path.exists():
+        raise DatasetError(f"data.path: {path.parent} has no {path.name}")
+    with open(path, "rb") as f:
+        return _ArraysOnly(f, encoding="bytes").load()
+
+
+def _cifar(name: str, folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, DatasetSpec]:
+    if name == "cifar10":
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        key = b"labels"
+    else:
+        files, key = (["train"] if split == "train" else ["test"]), b"fine_labels"
+    batches = [_cifar_batch(folder / f) for f in files]
+    raw = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
+    labels = np.concatenate([np.asarray(b[key], dtype=np.int64) for b in batches])
+    x = raw.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0 * 2.0 - 1.0
+    return x, labels, SPECS[name]
+
+
+def _svhn(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, DatasetSpec]:
+    from scipy.io import loadmat
+
+    path = folder / f"{split}_32x32.mat"
+    if not path.exists():
+        raise DatasetError(f"data.path: {folder} has no {path.name}")
+    mat = loadmat(path)
+    x = np.transpose(mat["X"], (3, 2, 0, 1)).astype(np.float32) / 255.0 * 2.0 - 1.0  # (32, 32, 3, N) -> NCHW
+    y = mat["y"].reshape(-1).astype(np.int64) % 10  # SVHN labels the digit 0 as 10
+    return x, y, SPECS["svhn"]
+
+
 SPECS = {
     "digits": DatasetSpec("digits", (1, 8, 8), 10),
     "mnist": DatasetSpec("mnist", (1, 28, 28), 10),
     "fashion-mnist": DatasetSpec("fashion-mnist", (1, 28, 28), 10),
+    "cifar10": DatasetSpec("cifar10", (3, 32, 32), 10),
+    "cifar100": DatasetSpec("cifar100", (3, 32, 32), 100),
+    "svhn": DatasetSpec("svhn", (3, 32, 32), 10),
 }
 # Datasets read from a local folder, with the folder used when data.path is not given.
-PATH_DATASETS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist"), "mnist": Path("data/mnist")}
+PATH_DATASETS = {
+    "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"), "mnist": Path("data/mnist"),
+    "cifar10": Path("data/cifar-10-batches-py"), "cifar100": Path("data/cifar-100-python"), "svhn": Path("data/svhn"),
+}
 LOADERS = {
     "digits": lambda folder, split: _digits(),
     "mnist": lambda folder, split: _idx_dataset("mnist", folder, split),
     "fashion-mnist": lambda folder, split: _idx_dataset("fashion-mnist", folder, split),
+    "cifar10": lambda folder, split: _cifar("cifar10", folder, split),
+    "cifar100": lambda folder, split: _cifar("cifar100", folder, split),
+    "svhn": lambda folder, split: _svhn(folder, split),
 }
 
 

@@ -25,7 +25,7 @@ def register_model(name: str):
 
 class Classifier(nn.Module):
     features: nn.Module
-    fc_penult: nn.Linear
+    fc_penult: nn.Module  # nn.Identity where the network has a single FC layer (ResNets, WRN)
     head: nn.Module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +89,97 @@ for _half in (False, True):
     for _bn in (False, True):
         _name = "lenet5" + ("-half" if _half else "") + ("-bn" if _bn else "")
         register_model(_name)(lambda shape, classes, half=_half, bn=_bn: LeNet5(shape, classes, half=half, bn=bn))
+
+
+class AlexNetCIFAR(Classifier):
+    """An AlexNet for 32x32 images: five convs (48-128-192-192-128, BN) and FC 512-256; `half` halves them."""
+
+    def __init__(self, input_shape, num_classes, half: bool = False):
+        super().__init__()
+        channels, height, _ = input_shape
+        w = [c // 2 for c in (48, 128, 192, 192, 128, 512, 256)] if half else [48, 128, 192, 192, 128, 512, 256]
+
+        def block(cin, cout, k, pool):
+            return [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU()] + (
+                [nn.MaxPool2d(2)] if pool else [])
+
+        self.features = nn.Sequential(
+            *block(channels, w[0], 5, True), *block(w[0], w[1], 5, True), *block(w[1], w[2], 3, False),
+            *block(w[2], w[3], 3, False), *block(w[3], w[4], 3, True), nn.Flatten(),
+            nn.Linear(w[4] * (height // 8) ** 2, w[5]), nn.ReLU(),
+        )
+        self.fc_penult = nn.Linear(w[5], w[6])
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(w[6], num_classes))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet(Classifier):
+    """CIFAR ResNets: a 3x3 stem, stages of basic blocks, global pooling, one FC layer."""
+
+    def __init__(self, input_shape, num_classes, stem: int, widths: list[int], blocks: list[int]):
+        super().__init__()
+        layers, cin = [nn.Conv2d(input_shape[0], stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU()], stem
+        for i, (width, n) in enumerate(zip(widths, blocks)):
+            for j in range(n):
+                layers.append(BasicBlock(cin, width, 2 if j == 0 and i > 0 else 1))
+                cin = width
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc_penult = nn.Identity()
+        self.head = nn.Sequential(nn.Linear(cin, num_classes))
+
+
+class WideBlock(nn.Module):
+    """Pre-activation block of wide ResNets (Zagoruyko and Komodakis 2016)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.pre = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False))
+        self.shortcut = None if stride == 1 and cin == cout else nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x):
+        out = self.pre(x)
+        return self.body(out) + (x if self.shortcut is None else self.shortcut(out))
+
+
+class WideResNet(Classifier):
+    def __init__(self, input_shape, num_classes, depth: int, widen: int):
+        super().__init__()
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        layers, cin = [nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False)], widths[0]
+        for i, width in enumerate(widths[1:]):
+            for j in range(n):
+                layers.append(WideBlock(cin, width, 2 if j == 0 and i > 0 else 1))
+                cin = width
+        self.features = nn.Sequential(*layers, nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc_penult = nn.Identity()
+        self.head = nn.Sequential(nn.Linear(cin, num_classes))
+
+
+register_model("alexnet-cifar")(lambda shape, classes: AlexNetCIFAR(shape, classes))
+register_model("alexnet-cifar-half")(lambda shape, classes: AlexNetCIFAR(shape, classes, half=True))
+register_model("resnet18")(lambda shape, classes: ResNet(shape, classes, 64, [64, 128, 256, 512], [2, 2, 2, 2]))
+register_model("resnet34")(lambda shape, classes: ResNet(shape, classes, 64, [64, 128, 256, 512], [3, 4, 6, 3]))
+# CRD's resnet8x4 / resnet32x4 (GenKD's Table 3-4 pair): stem 32, stages 64-128-256, (depth - 2) / 6 blocks each
+register_model("resnet8x4")(lambda shape, classes: ResNet(shape, classes, 32, [64, 128, 256], [1, 1, 1]))
+register_model("resnet32x4")(lambda shape, classes: ResNet(shape, classes, 32, [64, 128, 256], [5, 5, 5]))
+for _depth, _widen in ((16, 1), (16, 2), (40, 1), (40, 2)):
+    register_model(f"wrn-{_depth}-{_widen}")(lambda shape, classes, d=_depth, k=_widen: WideResNet(shape, classes, d, k))
 
 
 class UnknownModel(ValueError):

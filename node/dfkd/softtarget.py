@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from node.dfkd.base import Options, Synthesizer, register_method
+from node.dfkd.base import MethodError, Options, Synthesizer, register_method
 from node.models import Ensemble
 
 
@@ -61,6 +61,13 @@ def sample_feature_space(weight: torch.Tensor, n: int, sigma: float, generator: 
 @register_method("softtarget")
 class SoftTarget(Synthesizer):
     Options = SoftTargetOptions
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        members = self.teacher.members if isinstance(self.teacher, Ensemble) else [self.teacher]
+        if self.options.space == "fc2" and not all(isinstance(m.fc_penult, torch.nn.Linear) for m in members):
+            raise MethodError("softtarget: space fc2 models the second-to-last FC layer, and this teacher has a single "
+                              "FC layer; use distill.options.space: softmax")
 
     def soft_targets(self, teacher, n: int) -> torch.Tensor:
         """n soft labels: s ~ N(0, sigma R) through the rest of the teacher, at temperature tau (Eq. 6-7)."""
