@@ -45,6 +45,9 @@ def measure(rpc_url: str | None = None) -> dict[str, int]:
         gas[f"commitStudent ({n} teacher{'s' if n > 1 else ''})"] = registry.commit_student(
             _h(f"s{n}"), run_id, teachers[:n], "softtarget", _h("cfg"), 2000, URI, distiller)["gasUsed"]
 
+    gas["registerAggregate (2 sources)"] = registry.register_aggregate(
+        _h("agg"), run_id, 1, [_h("t1"), _h("t2")], "FedAvg", 900, URI, relayer)["gasUsed"]
+
     def attest(model: bytes) -> int:
         att = Attestation(node.address, model, run_id, 9123, 134, registry.nonce(node.address), registry.deadline())
         return registry.attest(att, sign(node, att, registry.domain()), relayer)["gasUsed"]

@@ -42,6 +42,10 @@ def index_events(events: list[dict]) -> dict[str, Registration]:
             models[_norm(a["modelHash"])] = Registration(
                 _norm(a["modelHash"]), KIND_NAMES.get(a["kind"], str(a["kind"])), a["node"], e["block"], e["tx"],
                 a["runId"], a["round"], a["uri"])
+        elif e["event"] == "AggregateRegistered":
+            models[_norm(a["modelHash"])] = Registration(
+                _norm(a["modelHash"]), "aggregate", a["coordinator"], e["block"], e["tx"], a["runId"], a["round"],
+                a["uri"], method=a["method"], sample_count=a["sampleCount"], teachers=[_norm(t) for t in a["sourceHashes"]])
         elif e["event"] == "StudentCommitted":
             models[_norm(a["modelHash"])] = Registration(
                 _norm(a["modelHash"]), KIND_NAMES[KIND_STUDENT], a["distiller"], e["block"], e["tx"], a["runId"],

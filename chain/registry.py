@@ -131,6 +131,13 @@ class Registry:
         )
         return self._send(fn, distiller)
 
+    def register_aggregate(
+        self, model_hash: bytes, run_id: bytes, round_: int, sources: list[bytes], method: str, sample_count: int,
+        uri: str, relayer: LocalAccount,
+    ) -> dict:
+        fn = self.contract.functions.registerAggregate(model_hash, run_id, round_, sources, method, sample_count, uri)
+        return self._send(fn, relayer)
+
     def attest(self, att: Attestation, signature: bytes, relayer: LocalAccount) -> dict:
         return self._send(self.contract.functions.attestAccuracy(att.as_struct(), signature), relayer)
 

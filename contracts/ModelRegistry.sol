@@ -96,6 +96,17 @@ contract ModelRegistry is AccessControl, EIP712, Nonces {
         uint64 sampleCount,
         string uri
     );
+    /// The coordinator registered a model it computed from registered ones (a FedAvg aggregate, an ensemble).
+    event AggregateRegistered(
+        bytes32 indexed modelHash,
+        address indexed coordinator,
+        bytes32 indexed runId,
+        uint32 round,
+        bytes32[] sourceHashes,
+        string method,
+        uint64 sampleCount,
+        string uri
+    );
     /// A data node measured a registered model on its own private test split.
     event AccuracyAttested(
         bytes32 indexed modelHash, address indexed node, bytes32 indexed runId, uint16 accuracyBps, uint32 numExamples
@@ -152,17 +163,30 @@ contract ModelRegistry is AccessControl, EIP712, Nonces {
         uint64 sampleCount,
         string calldata uri
     ) external onlyRole(DISTILLER_ROLE) {
-        if (teacherHashes.length == 0) revert EmptyLineage();
-        for (uint256 i = 0; i < teacherHashes.length; ++i) {
-            if (_models[teacherHashes[i]].kind == 0) revert UnknownModel(teacherHashes[i]);
-        }
-        _record(modelHash, msg.sender, KIND_STUDENT, 0);
-        Lineage storage lineage = _lineages[modelHash];
-        lineage.configHash = configHash;
-        lineage.sampleCount = sampleCount;
-        lineage.method = method;
-        lineage.teacherHashes = teacherHashes;
+        _recordDerived(modelHash, KIND_STUDENT, 0, teacherHashes, method, configHash, sampleCount);
         emit StudentCommitted(modelHash, msg.sender, runId, teacherHashes, method, configHash, sampleCount, uri);
+    }
+
+    /// @notice Registers a teacher the coordinator computed from registered models: a FedAvg round's
+    /// aggregate of the nodes' updates, or an ensemble of their teachers; called by a relayer.
+    /// @param modelHash SHA-256 of the computed model's weights file.
+    /// @param runId The run it belongs to.
+    /// @param round The federated round it closes (0 for one-shot aggregates).
+    /// @param sourceHashes The registered models it was computed from.
+    /// @param method How it was computed (e.g. "FedAvg", "ensemble").
+    /// @param sampleCount Training examples behind the sources, summed.
+    /// @param uri Where the weights can be fetched.
+    function registerAggregate(
+        bytes32 modelHash,
+        bytes32 runId,
+        uint32 round,
+        bytes32[] calldata sourceHashes,
+        string calldata method,
+        uint64 sampleCount,
+        string calldata uri
+    ) external onlyRole(RELAYER_ROLE) {
+        _recordDerived(modelHash, KIND_TEACHER, round, sourceHashes, method, bytes32(0), sampleCount);
+        emit AggregateRegistered(modelHash, msg.sender, runId, round, sourceHashes, method, sampleCount, uri);
     }
 
     /// @notice Records the accuracy a data node signed for a registered model; called by a relayer.
@@ -193,7 +217,7 @@ contract ModelRegistry is AccessControl, EIP712, Nonces {
         return _models[modelHash];
     }
 
-    /// @notice How a student was made: configuration hash, sample count, method and teacher hashes.
+    /// @notice How a student or an aggregate was made: configuration hash, sample count, method and sources.
     /// @param studentHash SHA-256 of the student's weights file.
     function lineageOf(bytes32 studentHash) external view returns (Lineage memory) {
         return _lineages[studentHash];
@@ -227,6 +251,27 @@ contract ModelRegistry is AccessControl, EIP712, Nonces {
     function _checkSigner(bytes32 digest, bytes calldata signature, address expected) private pure {
         address recovered = ECDSA.recover(digest, signature);
         if (recovered != expected) revert InvalidSigner(recovered, expected);
+    }
+
+    function _recordDerived(
+        bytes32 modelHash,
+        uint8 kind,
+        uint32 round,
+        bytes32[] calldata sources,
+        string calldata method,
+        bytes32 configHash,
+        uint64 sampleCount
+    ) private {
+        if (sources.length == 0) revert EmptyLineage();
+        for (uint256 i = 0; i < sources.length; ++i) {
+            if (_models[sources[i]].kind == 0) revert UnknownModel(sources[i]);
+        }
+        _record(modelHash, msg.sender, kind, round);
+        Lineage storage lineage = _lineages[modelHash];
+        lineage.configHash = configHash;
+        lineage.sampleCount = sampleCount;
+        lineage.method = method;
+        lineage.teacherHashes = sources;
     }
 
     function _record(bytes32 modelHash, address owner, uint8 kind, uint32 round) private {

@@ -206,6 +206,9 @@ def _describe(t: dict) -> str:
     if t["kind"] == "student":
         head = (f"[bold]student[/] {t['model_hash']}  by distiller {t['owner']}, method [bold]{t['method']}[/], "
                 f"{t['sample_count']} synthetic samples, config {t['config_hash'][:18]}…, block {t['block']}")
+    elif t["kind"] == "aggregate":
+        head = (f"[bold]aggregate[/] {t['model_hash']}  by coordinator {t['owner']}, {t['method']} of round {t['round']}, "
+                f"{t['sample_count']} examples, block {t['block']}")
     else:
         head = f"[bold]{t['kind']}[/] {t['model_hash']}  by data node {t['owner']}, round {t['round']}, block {t['block']}"
     return head

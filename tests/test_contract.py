@@ -148,3 +148,21 @@ def test_attestation_only_from_a_data_node_and_once(deployed):
     unknown = attestation(d, d.node, h("never registered"))
     with reverts("UnknownModel"):
         d.registry.attest(unknown, sign(d.node, unknown, d.registry.domain()), d.relayer)
+
+
+def test_aggregates_come_from_a_relayer_and_registered_sources(deployed):
+    d = deployed
+    publish(d, d.node, h("u1"))
+    publish(d, d.other_node, h("u2"))
+    with reverts("AccessControlUnauthorizedAccount"):
+        d.registry.register_aggregate(h("agg"), RUN, 1, [h("u1"), h("u2")], "FedAvg", 900, "", d.distiller)
+    with reverts("UnknownModel"):
+        d.registry.register_aggregate(h("agg"), RUN, 1, [h("u1"), h("nope")], "FedAvg", 900, "", d.relayer)
+    with reverts("EmptyLineage"):
+        d.registry.register_aggregate(h("agg"), RUN, 1, [], "FedAvg", 900, "", d.relayer)
+    assert not d.registry.model(h("agg")).registered
+    d.registry.register_aggregate(h("agg"), RUN, 1, [h("u1"), h("u2")], "FedAvg", 900, "", d.relayer)
+    record, lineage = d.registry.model(h("agg")), d.registry.lineage(h("agg"))
+    assert (record.owner, record.kind, record.round) == (d.relayer.address, KIND_TEACHER, 1)
+    assert lineage.teacher_hashes == (h("u1"), h("u2")) and lineage.method == "FedAvg" and lineage.sample_count == 900
+    d.registry.commit_student(h("s"), RUN, [h("agg")], "genkd", h("cfg"), 5, "", d.distiller)  # a student of it
