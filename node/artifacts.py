@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load as st_load
 
-from node.models import Classifier, build_model
+from node.models import Classifier, Ensemble, build_model
 
 
 class TamperedArtifact(RuntimeError):
@@ -48,9 +48,24 @@ def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, 
 
 
 def serialize(model: torch.nn.Module, architecture: str, input_shape, num_classes: int) -> bytes:
-    """Same weights, same bytes, in any process."""
+    """Same weights, same bytes, in any process. An Ensemble of `architecture` members is one file too."""
     meta = {"architecture": architecture, "input_shape": json.dumps(list(input_shape)), "num_classes": str(num_classes)}
+    if isinstance(model, Ensemble):
+        meta |= {"architecture": f"ensemble:{architecture}", "members": str(len(model.members))}
     return canonical_safetensors(model.state_dict(), meta)
+
+
+def average_weights(models: list[torch.nn.Module], weights: list[float]) -> dict[str, torch.Tensor]:
+    """The weighted mean of several models' parameters and BN statistics (FedAvg); counters from the first."""
+    total = sum(weights)
+    states = [m.state_dict() for m in models]
+    averaged = {}
+    for name, first in states[0].items():
+        if first.is_floating_point():
+            averaged[name] = sum(w / total * s[name] for w, s in zip(weights, states))
+        else:
+            averaged[name] = first.clone()
+    return averaged
 
 
 def sha256(blob: bytes) -> bytes:
@@ -72,9 +87,13 @@ def deserialize(blob: bytes, expected_hash: bytes, *, owner: str = "?") -> Class
             f"artifact from {owner} does not match its on-chain hash 0x{expected_hash.hex()} (file hashes to 0x{actual.hex()})"
         )
     meta = read_metadata(blob)
-    model = build_model(meta["architecture"], tuple(json.loads(meta["input_shape"])), int(meta["num_classes"]))
+    shape, classes, arch = tuple(json.loads(meta["input_shape"])), int(meta["num_classes"]), meta["architecture"]
+    if arch.startswith("ensemble:"):
+        model = Ensemble([build_model(arch.split(":", 1)[1], shape, classes) for _ in range(int(meta["members"]))])
+    else:
+        model = build_model(arch, shape, classes)
     model.load_state_dict(st_load(blob), strict=True)
-    return model
+    return model.eval()
 
 
 class ArtifactStore:

@@ -21,7 +21,7 @@ from flwr.clientapp import ClientApp
 
 from chain.identity import KIND_BY_NAME, Attestation, Domain, Publication, load_key, sign
 from node.artifacts import deserialize, serialize, sha256
-from node.config import DataConfig, DistillConfig, TeacherConfig
+from node.config import DataConfig, DistillConfig, FaultConfig, TeacherConfig
 from node.data import Split, node_splits, spec_of
 from node.dfkd import METHODS, InputSpace
 from node.models import build_model
@@ -78,47 +78,60 @@ def identify(msg: Message, context: Context) -> Message:
     return _reply(msg, identity=identity, metrics=metrics)
 
 
+def _inject_fault(node: "DataNode", phase: str) -> None:
+    faults = FaultConfig.model_validate_json(node.task["faults"])
+    if node.partition_id in getattr(faults, phase):
+        raise RuntimeError(f"injected fault: partition {node.partition_id} fails in {phase}")
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train a teacher (and what the distillation method needs from nodes, e.g. GenKD's EBM); sign each hash."""
+    """Train a teacher from the global weights if sent (FedAvg) or from scratch (one-shot), plus what the
+    distillation method needs from nodes (e.g. GenKD's EBM, one-shot only); reply with weight arrays and a
+    signature over each one's canonical file hash."""
     node = DataNode(msg, context)
+    _inject_fault(node, "train")
     torch.set_num_threads(1)  # one core per simulated node; also keeps float reductions in one order
     cfg = TeacherConfig.model_validate_json(node.task["teacher"])
     distill = DistillConfig.model_validate_json(node.task["distill"])
     spec = spec_of(node.data_cfg.dataset)
     train_split, _ = node.splits
+    round_ = int(node.task["round"])
     node_seed = node.seed * 1000 + node.partition_id
     torch.manual_seed(node_seed)
     model = build_model(cfg.model, spec.input_shape, spec.num_classes)
-    loss = train_classifier(
-        model, train_split, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=node.seed + node.partition_id
-    )
+    if "arrays" in msg.content.array_records:  # a federated round: start from the global model
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    loss = train_classifier(model, train_split, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                            seed=node.seed + node.partition_id + 7919 * round_)
     published = {"teacher": model}
-    proxy_student = build_model(distill.student, spec.input_shape, spec.num_classes)
-    published |= METHODS[distill.method].node_side(
-        model, proxy_student, train_split.x, train_split.y, distill.options, seed=node_seed,
-        space=InputSpace(spec.input_shape, *spec.bounds))
-    blobs, hashes, signatures = {}, [], []
+    if round_ == 0:  # one-shot: the method may want more from the data's owner
+        proxy_student = build_model(distill.student, spec.input_shape, spec.num_classes)
+        published |= METHODS[distill.method].node_side(
+            model, proxy_student, train_split.x, train_split.y, distill.options, seed=node_seed,
+            space=InputSpace(spec.input_shape, *spec.bounds))
+    records, hashes, signatures = {}, [], []
     for i, (kind, published_model) in enumerate(published.items()):
-        blob = serialize(published_model, cfg.model, spec.input_shape, spec.num_classes)
         publication = Publication(
-            node=node.account.address, model_hash=sha256(blob), kind=KIND_BY_NAME[kind], round=int(node.task["round"]),
-            run_id=node.task["run-id"], uri=str(node.task["uri"]), nonce=int(node.task["nonce"]) + i,
-            deadline=int(node.task["deadline"]),
+            node=node.account.address, model_hash=sha256(serialize(published_model, cfg.model, spec.input_shape,
+                                                                   spec.num_classes)),
+            kind=KIND_BY_NAME[kind], round=round_, run_id=node.task["run-id"], uri=str(node.task["uri"]),
+            nonce=int(node.task["nonce"]) + i, deadline=int(node.task["deadline"]),
         )
-        blobs[kind] = blob_to_array(blob)
+        records["arrays" if kind == "teacher" else kind] = ArrayRecord(published_model.state_dict())
         hashes.append(publication.model_hash)
         signatures.append(sign(node.account, publication, node.domain()))
     signed = ConfigRecord({"address": node.account.address, "kinds": list(published), "model-hashes": hashes,
                            "signatures": signatures})
     metrics = MetricRecord({"train-loss": loss, "num-examples": len(train_split)})
-    return _reply(msg, weights=ArrayRecord(blobs), publication=signed, metrics=metrics)
+    return _reply(msg, **records, publication=signed, metrics=metrics)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Measure every model sent on the private test split; sign those the coordinator will relay."""
     node = DataNode(msg, context)
+    _inject_fault(node, "evaluate")
     torch.set_num_threads(1)
     _, test_split = node.splits
     models = msg.content["models"]

@@ -18,15 +18,16 @@ class Strict(BaseModel):
 class DataConfig(Strict):
     dataset: str = "digits"
     path: Path | None = Field(None, description="folder with the dataset's files (not needed for digits)")
-    partitioner: Literal["dirichlet", "iid"] = "dirichlet"
+    partitioner: Literal["dirichlet", "iid", "pathological"] = "dirichlet"
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration: smaller is more heterogeneous")
+    classes_per_node: int = Field(2, ge=1, description="pathological partitioner: classes each node holds")
     min_partition_size: int = Field(40, ge=1)
     test_fraction: float = Field(0.2, gt=0, lt=1, description="share of each node's partition kept as its private test split")
 
 
 class TeacherConfig(Strict):
     model: str = "digits-cnn"
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(20, ge=1, description="local epochs (per round in fedavg mode)")
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
 
@@ -41,3 +42,22 @@ class DistillConfig(Strict):
     temperature: float = Field(20.0, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     options: dict = Field(default_factory=dict, description="the method's own settings (see docs/configuration.md)")
+
+
+class FederationConfig(Strict):
+    mode: Literal["one-shot", "fedavg"] = Field(
+        "one-shot", description="one-shot: every node trains its own teacher once (DENSE's setting); "
+                                "fedavg: a Flower strategy builds one global teacher over `rounds`")
+    rounds: int = Field(3, ge=1, description="fedavg rounds")
+    strategy: str = Field("FedAvg", description="a strategy of flwr.serverapp.strategy, by name")
+    min_nodes: int = Field(1, ge=1, description="the run fails if fewer nodes complete training")
+    ensemble_weights: Literal["samples", "uniform"] = Field("samples", description="one-shot ensemble weighting")
+    evaluate_ensemble: bool | None = Field(None, description="nodes also attest the ensemble (default: 10 nodes or fewer)")
+    evaluate_fedavg_once: bool = Field(True, description="one-shot: also attest the teachers' weights averaged once")
+
+
+class FaultConfig(Strict):
+    """Fault injection, to see a federation survive: these partitions raise in that phase."""
+
+    train: list[int] = Field(default_factory=list)
+    evaluate: list[int] = Field(default_factory=list)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
 from node.config import DataConfig
 
@@ -168,6 +168,8 @@ def node_splits(cfg: DataConfig, partition_id: int, num_partitions: int, seed: i
         partitioner = DirichletPartitioner(
             num_partitions, "label", cfg.alpha, min_partition_size=cfg.min_partition_size, seed=seed
         )
+    elif cfg.partitioner == "pathological":
+        partitioner = PathologicalPartitioner(num_partitions, "label", cfg.classes_per_node, seed=seed)
     else:
         partitioner = IidPartitioner(num_partitions)
         table = table.shuffle(seed=seed)  # IidPartitioner shards in order

@@ -2,12 +2,15 @@
 
 One run, in four phases (docs/architecture.md has the picture):
 1. identify: every data node reports its address and split sizes; only DATA_NODE addresses take part;
-2. teachers: every node trains a teacher and signs its hash; the coordinator stores the bytes and
-   relays the signature to ModelRegistry;
+2. teachers: one-shot, every node trains its own teacher once (and the coordinator registers their
+   ensemble and their weights averaged once, as baselines); fedavg, a Flower strategy builds one
+   global teacher over R rounds, every node's update and every round's aggregate registered. A
+   node replies with weight arrays and signatures; the coordinator rebuilds each canonical file,
+   checks it hashes to what the node signed, stores it and relays the signature to ModelRegistry;
 3. distill: the teacher files are checked against their on-chain hashes, then a data-free method
    makes the student, which the distiller commits with its lineage;
-4. evaluate: the student and each node's teacher go back to the node, which measures them on its
-   private test split and signs; the coordinator relays each attestation.
+4. evaluate: the student, the node's own teacher and the shared teachers go back to every node,
+   which measures them on its private test split and signs; the coordinator relays each attestation.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import json
 import logging
 import time
 from collections.abc import Callable
+
+import torch
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +31,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from chain.identity import KIND_BY_NAME, Attestation, Publication
 from chain.registry import Registry, RegistryError
-from node.artifacts import ArtifactStore
-from node.client_app import array_to_blob, blob_to_array
-from node.config import DataConfig, DistillConfig, TeacherConfig
+from node.artifacts import ArtifactStore, average_weights, serialize, sha256
+from node.client_app import blob_to_array
+from node.config import DataConfig, DistillConfig, FaultConfig, FederationConfig, TeacherConfig
 from node.data import spec_of
 from node.distiller import distill_student
+from node.models import Ensemble, build_model
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,7 @@ class RunLedger:
 
     nodes: list[NodeRecord] = field(default_factory=list)
     student_hash: bytes | None = None
+    aggregates: dict[str, bytes] = field(default_factory=dict)  # "ensemble", "fedavg-once", "global" -> hash
     transactions: list[dict] = field(default_factory=list)
     distill: dict = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
@@ -88,8 +95,11 @@ class Coordinator:
     teacher: TeacherConfig
     distill: DistillConfig
     keys_dir: Path
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
     uri: str = "file:store"
     progress: Callable[[str, int, int], None] = lambda phase, done, total: None
+    audit: Callable[[str, Message], None] | None = None  # sees every reply a data node sends (privacy tests)
     ledger: RunLedger = field(default_factory=RunLedger)
     transfer: object = None  # the distiller's synthetic inputs, for the report's sample grid
     config_document: dict | None = None
@@ -99,7 +109,7 @@ class Coordinator:
     def _task(self, **extra) -> ConfigRecord:
         return ConfigRecord({
             "seed": self.seed, "data": self.data.model_dump_json(), "teacher": self.teacher.model_dump_json(),
-            "distill": self.distill.model_dump_json(),
+            "distill": self.distill.model_dump_json(), "faults": self.faults.model_dump_json(),
             "keys-dir": str(self.keys_dir), "run-id": self.run_id, "uri": self.uri,
             "chain-id": self.registry.domain().chain_id, "contract": self.registry.address, **extra,
         })
@@ -108,6 +118,8 @@ class Coordinator:
         messages = [Message(content, dst_node_id=nid, message_type=kind) for nid, content in contents.items()]
         replies = {}
         for reply in grid.send_and_receive(messages):
+            if self.audit is not None:
+                self.audit(kind, reply)
             replies[reply.metadata.src_node_id] = reply
         return replies
 
@@ -118,6 +130,21 @@ class Coordinator:
             log.warning("node %s failed in %s: %s", record.address, phase, reason)
             return True
         return False
+
+    @property
+    def active(self) -> list[NodeRecord]:
+        return [r for r in self.ledger.nodes if r.error is None]
+
+    def _spec(self):
+        return spec_of(self.data.dataset)
+
+    def _canonical(self, state: dict) -> tuple[bytes, bytes]:
+        """The canonical file of a teacher-architecture state dict, and its hash."""
+        spec = self._spec()
+        model = build_model(self.teacher.model, spec.input_shape, spec.num_classes)
+        model.load_state_dict(state)
+        blob = serialize(model, self.teacher.model, spec.input_shape, spec.num_classes)
+        return blob, sha256(blob)
 
     # -- phases ------------------------------------------------------------------------------
     def identify(self, grid: Grid) -> None:
@@ -142,35 +169,46 @@ class Coordinator:
         if not self.active:
             raise RuntimeError("no data node with the DATA_NODE role answered")
 
-    @property
-    def active(self) -> list[NodeRecord]:
-        return [r for r in self.ledger.nodes if r.error is None]
-
-    def train_teachers(self, grid: Grid) -> None:
+    def train_round(self, grid: Grid, round_: int, global_arrays: ArrayRecord | None) -> list[tuple[NodeRecord, Message]]:
+        """One training round: every node trains, signs; each file is rebuilt, hash-checked and registered."""
         deadline = self.registry.deadline()
-        contents = {
-            r.node_id: RecordDict({"task": self._task(nonce=self.registry.nonce(r.address), deadline=deadline, round=0)})
-            for r in self.active
-        }
+        contents = {}
+        for r in self.active:
+            content = RecordDict({"task": self._task(nonce=self.registry.nonce(r.address), deadline=deadline,
+                                                     round=round_)})
+            if global_arrays is not None:
+                content["arrays"] = global_arrays
+            contents[r.node_id] = content
         replies = self._exchange(grid, MessageType.TRAIN, contents)
+        accepted = []
+        phase = "teachers" if round_ == 0 else f"round {round_}"
         for done, record in enumerate(self.active, 1):
             reply = replies.get(record.node_id)
             if self._failed(record, reply, "train"):
                 continue
             signed, task = reply.content["publication"], contents[record.node_id]["task"]
-            try:  # the teacher first, then what the method asked of nodes (e.g. GenKD's EBM), nonces in order
+            try:  # the teacher first, then what the method asked of nodes (GenKD's EBM), nonces in order
                 for i, (kind, model_hash, signature) in enumerate(
                         zip(signed["kinds"], signed["model-hashes"], signed["signatures"])):
-                    self.store.put(array_to_blob(reply.content["weights"][kind]))  # keyed by what arrived
+                    arrays = reply.content["arrays" if kind == "teacher" else kind]
+                    blob, actual = self._canonical(arrays.to_torch_state_dict())
+                    if actual != bytes(model_hash):
+                        raise RegistryError("SignedHashMismatch", (bytes(model_hash), actual))
+                    self.store.put(blob)
                     publication = Publication(
-                        node=record.address, model_hash=bytes(model_hash), kind=KIND_BY_NAME[kind], round=0,
+                        node=record.address, model_hash=actual, kind=KIND_BY_NAME[kind], round=round_,
                         run_id=self.run_id, uri=self.uri, nonce=int(task["nonce"]) + i, deadline=int(task["deadline"]),
                     )
                     self._register(record, kind, publication, bytes(signature))
             except RegistryError as exc:  # this node's publication is refused; the others go on
                 record.error = f"register: {exc}"
                 continue
-            self.progress("teachers", done, len(self.active))
+            accepted.append((record, reply))
+            self.progress(phase, done, len(contents))
+        if len(accepted) < self.federation.min_nodes:
+            raise RuntimeError(f"only {len(accepted)} of {len(contents)} nodes completed training in {phase}; "
+                               f"federation.min_nodes is {self.federation.min_nodes}")
+        return accepted
 
     def _register(self, record: NodeRecord, kind: str, publication: Publication, signature: bytes) -> None:
         existing = self.registry.model(publication.model_hash)
@@ -180,33 +218,87 @@ class Coordinator:
         else:
             receipt = self.registry.register_teacher(publication, signature, self.relayer)
             self.ledger.tx("TeacherRegistered", receipt, node=record.address, model=publication.model_hash.hex(),
-                           kind=kind)
+                           kind=kind, round=publication.round)
         record.published[kind] = publication.model_hash
 
+    def _register_aggregate(self, name: str, model: torch.nn.Module, round_: int, sources: list[bytes], method: str,
+                            examples: int) -> bytes:
+        spec = self._spec()
+        blob = serialize(model, self.teacher.model, spec.input_shape, spec.num_classes)
+        model_hash = self.store.put(blob)
+        if not self.registry.model(model_hash).registered:
+            receipt = self.registry.register_aggregate(model_hash, self.run_id, round_, sources, method, examples,
+                                                       self.uri, self.relayer)
+            self.ledger.tx("AggregateRegistered", receipt, model=model_hash.hex(), kind=name, round=round_)
+        self.ledger.aggregates[name] = model_hash
+        return model_hash
+
+    def teachers_one_shot(self, grid: Grid) -> None:
+        accepted = self.train_round(grid, 0, None)
+        teachers = [self.store.load(r.teacher_hash, owner=f"node {r.address}") for r, _ in accepted]
+        counts = [float(r.num_train) for r, _ in accepted]
+        hashes, examples = [r.teacher_hash for r, _ in accepted], int(sum(counts))
+        weights = counts if self.federation.ensemble_weights == "samples" else [1.0] * len(counts)
+        evaluate_ensemble = self.federation.evaluate_ensemble
+        if evaluate_ensemble if evaluate_ensemble is not None else len(accepted) <= 10:
+            self._register_aggregate("ensemble", Ensemble(teachers, weights), 0, hashes, "ensemble", examples)
+        if self.federation.evaluate_fedavg_once and len(teachers) > 1:
+            spec = self._spec()
+            averaged = build_model(self.teacher.model, spec.input_shape, spec.num_classes)
+            averaged.load_state_dict(average_weights(teachers, counts))
+            self._register_aggregate("fedavg-once", averaged, 0, hashes, "FedAvg (one-shot)", examples)
+
+    def teachers_fedavg(self, grid: Grid) -> None:
+        from flwr.serverapp import strategy as strategies
+
+        cls = getattr(strategies, self.federation.strategy, None)
+        if cls is None:
+            raise RuntimeError(f"federation.strategy: flwr.serverapp.strategy has no {self.federation.strategy!r}")
+        strategy = cls(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=1,
+                       min_available_nodes=1)
+        spec = self._spec()
+        torch.manual_seed(self.seed)
+        global_model = build_model(self.teacher.model, spec.input_shape, spec.num_classes)
+        arrays = ArrayRecord(global_model.state_dict())
+        if hasattr(strategy, "current_arrays"):  # adaptive strategies (FedAdam, FedYogi, ...) keep the server model
+            strategy.current_arrays = {k: a.numpy() for k, a in arrays.items()}
+        for round_ in range(1, self.federation.rounds + 1):
+            accepted = self.train_round(grid, round_, arrays)
+            arrays, _ = strategy.aggregate_train(round_, [reply for _, reply in accepted])
+            global_model.load_state_dict(arrays.to_torch_state_dict())
+            self._register_aggregate("global", global_model, round_, [r.teacher_hash for r, _ in accepted],
+                                     self.federation.strategy, sum(r.num_train for r, _ in accepted))
+
     def distill_student(self) -> None:
-        sources = [r for r in self.active if r.teacher_hash is not None]
-        if not sources:
-            raise RuntimeError("no teacher was registered: nothing to distil from")
-        for r in sources:  # the chain, not the store, says what each artifact is and whose
-            for kind, model_hash in r.published.items():
-                on_chain = self.registry.model(model_hash)
-                if not on_chain.registered or on_chain.owner != r.address:
-                    raise RuntimeError(f"{kind} 0x{model_hash.hex()} of node {r.address} is not registered to it")
-        loaded = [
-            {kind: self.store.load(h, owner=f"node {r.address}") for kind, h in r.published.items()} for r in sources
-        ]
+        if self.federation.mode == "fedavg":  # one global teacher, owned by the coordinator
+            sources = [self.ledger.aggregates["global"]]
+            loaded = [{"teacher": self.store.load(sources[0], owner="the coordinator's aggregate")}]
+            weights = [1.0]
+        else:
+            nodes = [r for r in self.active if r.teacher_hash is not None]
+            if not nodes:
+                raise RuntimeError("no teacher was registered: nothing to distil from")
+            for r in nodes:  # the chain, not the store, says what each artifact is and whose
+                for kind, model_hash in r.published.items():
+                    on_chain = self.registry.model(model_hash)
+                    if not on_chain.registered or on_chain.owner != r.address:
+                        raise RuntimeError(f"{kind} 0x{model_hash.hex()} of node {r.address} is not registered to it")
+            loaded = [{kind: self.store.load(h, owner=f"node {r.address}") for kind, h in r.published.items()}
+                      for r in nodes]
+            sources = [h for r in nodes for h in r.published.values()]
+            counts = [float(r.num_train) for r in nodes]
+            weights = counts if self.federation.ensemble_weights == "samples" else [1.0] * len(counts)
         blob, result, variant = distill_student(
-            loaded, [float(r.num_train) for r in sources], self.distill, spec_of(self.data.dataset), seed=self.seed,
+            loaded, weights, self.distill, self._spec(), seed=self.seed,
             progress=lambda stage, done, total: self.progress(f"distill:{stage}", done, total),
         )
         # the configuration as run, facts included (which variant ran), is what the chain's hash covers
         self.config_document = {**self.config, "variant": variant}
         config_hash = config_digest(self.config_document)
         student_hash = self.store.put(blob)
-        lineage = [h for r in sources for h in r.published.values()]
         if not self.registry.model(student_hash).registered:
             receipt = self.registry.commit_student(
-                student_hash, self.run_id, lineage, self.distill.method, config_hash, len(result.transfer), self.uri,
+                student_hash, self.run_id, sources, self.distill.method, config_hash, len(result.transfer), self.uri,
                 self.distiller,
             )
             self.ledger.tx("StudentCommitted", receipt, model=student_hash.hex())
@@ -214,16 +306,19 @@ class Coordinator:
         self.ledger.distill = {
             "method": self.distill.method, "variant": variant, "samples": len(result.transfer),
             "synthesis_s": result.synthesis_s, "training_s": result.training_s, "losses": result.losses,
-            "device": str(next(result.student.parameters()).device), "config_hash": "0x" + config_hash.hex(),
+            "student_steps": result.student_steps, "device": str(next(result.student.parameters()).device),
+            "config_hash": "0x" + config_hash.hex(),
         }
         self.transfer = result.transfer
 
     def evaluate(self, grid: Grid) -> None:
+        """Every node measures the student, its own teacher and the shared teachers, and signs each."""
         student = self.ledger.student_hash
         deadline = self.registry.deadline()
         contents = {}
         for r in self.active:
-            models = [student] + ([r.teacher_hash] if r.teacher_hash else [])
+            models = [student] + ([r.teacher_hash] if self.federation.mode == "one-shot" and r.teacher_hash else [])
+            models += list(self.ledger.aggregates.values())
             attest = [h for h in models if self.registry.accuracy(h, r.address)[2] == 0]
             contents[r.node_id] = RecordDict({
                 "task": self._task(nonce=self.registry.nonce(r.address), deadline=deadline, attest=attest),
@@ -244,12 +339,12 @@ class Coordinator:
                     num_examples=int(result["num-examples"]), nonce=int(result["nonce"]) + i, deadline=deadline,
                 )
                 receipt = self.registry.attest(att, bytes(signature), self.relayer)
-                kind = "student" if model_hash == student else "teacher"
-                self.ledger.tx("AccuracyAttested", receipt, node=record.address, model=model_hash.hex(), kind=kind)
-            self.progress("evaluate", done, len(self.active))
+                self.ledger.tx("AccuracyAttested", receipt, node=record.address, model=model_hash.hex())
+            self.progress("evaluate", done, len(contents))
 
     def run(self, grid: Grid) -> None:
-        for name, phase in (("identify", lambda: self.identify(grid)), ("teachers", lambda: self.train_teachers(grid)),
+        teachers = self.teachers_fedavg if self.federation.mode == "fedavg" else self.teachers_one_shot
+        for name, phase in (("identify", lambda: self.identify(grid)), ("teachers", lambda: teachers(grid)),
                             ("distill", self.distill_student), ("evaluate", lambda: self.evaluate(grid))):
             start = time.perf_counter()
             phase()

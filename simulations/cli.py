@@ -67,7 +67,7 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Flower's and Ray's logs"),
 ) -> None:
     """Run a scenario end to end and write its run directory."""
-    from simulations.report import node_rows, short, weighted_mean
+    from simulations.report import accuracy_columns, node_rows, short, weighted_mean
     from simulations.runner import run_scenario
     from simulations.scenario import load_scenario
 
@@ -87,9 +87,10 @@ def run(
         console.print_json((result.out_dir / "metrics.json").read_text())
         return
     rows = node_rows(result)
-    table = Table(title=f"{spec.name}: {spec.distill.method} student from {len(rows)} data nodes")
-    for col, justify in (("node", "left"), ("train", "right"), ("test", "right"), ("teacher acc %", "right"),
-                         ("student acc %", "right"), ("teacher tx", "left"), ("attest tx", "left")):
+    cols = accuracy_columns(rows)
+    table = Table(title=f"{spec.name}: {spec.distill.method} student from {len(rows)} data nodes (accuracy %)")
+    for col, justify in ([("node", "left"), ("train", "right"), ("test", "right")] + [(t, "right") for _, t in cols]
+                         + [("teacher tx", "left"), ("attest tx", "left")]):
         table.add_column(col, justify=justify)
 
     def pct(x):
@@ -97,10 +98,9 @@ def run(
 
     for r in rows:
         node = short(r["node"], 12) + (f" [red]{r['error']}[/]" if r["error"] else "")
-        table.add_row(node, str(r["train"]), str(r["test"]), pct(r["teacher_accuracy"]), pct(r["student_accuracy"]),
+        table.add_row(node, str(r["train"]), str(r["test"]), *(pct(r.get(k)) for k, _ in cols),
                       short(r["teacher_tx"]), short(r["student_attest_tx"]))
-    table.add_row("[bold]weighted mean", "", "", pct(weighted_mean(rows, "teacher_accuracy")),
-                  pct(weighted_mean(rows, "student_accuracy")), "", "")
+    table.add_row("[bold]weighted mean", "", "", *(pct(weighted_mean(rows, k)) for k, _ in cols), "", "")
     console.print(table)
     chain = result.chain
     console.print(f"student 0x{result.ledger.student_hash.hex()}  on {chain['backend']} (chain {chain['chain_id']}) "

@@ -12,6 +12,9 @@ def short(value: str | None, keep: int = 10) -> str:
     return "-" if not value else value[:keep] + "…"
 
 
+SHARED = ("ensemble", "fedavg-once", "global")  # teachers every node measures, when the run has them
+
+
 def node_rows(result) -> list[dict]:
     """One row per data node: sizes, what it measured, and the transactions that recorded it."""
     ledger = result.ledger
@@ -24,20 +27,31 @@ def node_rows(result) -> list[dict]:
         def tx_of(what, model, node=r.address):
             return next((t["tx"] for t in txs if t["what"] == what and t.get("model") == model and t.get("node") == node), None)
 
-        teacher_bps, student_bps = r.accuracy_bps.get(teacher), r.accuracy_bps.get(student)
+        def acc(model):
+            bps = r.accuracy_bps.get(model) if model else None
+            return None if bps is None else bps / 10_000
+
         rows.append({
             "node": r.address, "partition": r.partition_id, "train": r.num_train, "test": r.num_test,
             "label_histogram": r.label_histogram, "teacher_hash": teacher,
-            "teacher_accuracy": None if teacher_bps is None else teacher_bps / 10_000,
-            "student_accuracy": None if student_bps is None else student_bps / 10_000,
+            "teacher_accuracy": acc(teacher) if result.scenario.federation.mode == "one-shot" else None,
+            **{f"{name}_accuracy": acc(ledger.aggregates[name].hex()) for name in SHARED if name in ledger.aggregates},
+            "student_accuracy": acc(student),
             "teacher_tx": tx_of("TeacherRegistered", teacher), "student_attest_tx": tx_of("AccuracyAttested", student),
             "error": r.error,
         })
     return rows
 
 
+def accuracy_columns(rows: list[dict]) -> list[tuple[str, str]]:
+    """(key, title) of the accuracy columns this run has."""
+    titles = {"teacher_accuracy": "own teacher", "ensemble_accuracy": "ensemble", "fedavg-once_accuracy": "FedAvg once",
+              "global_accuracy": "global teacher", "student_accuracy": "student"}
+    return [(k, t) for k, t in titles.items() if any(row.get(k) is not None for row in rows)]
+
+
 def weighted_mean(rows: list[dict], key: str) -> float | None:
-    pairs = [(row[key], row["test"]) for row in rows if row[key] is not None]
+    pairs = [(row[key], row["test"]) for row in rows if row.get(key) is not None]
     total = sum(n for _, n in pairs)
     return sum(a * n for a, n in pairs) / total if total else None
 
@@ -57,8 +71,8 @@ def write_run_dir(result, transfer=None) -> None:
         "student_hash": "0x" + ledger.student_hash.hex() if ledger.student_hash else None,
         "distill": ledger.distill,
         "nodes": rows,
-        "weighted_mean": {"teacher_accuracy": weighted_mean(rows, "teacher_accuracy"),
-                          "student_accuracy": weighted_mean(rows, "student_accuracy")},
+        "aggregates": {name: "0x" + h.hex() for name, h in ledger.aggregates.items()},
+        "weighted_mean": {key: weighted_mean(rows, key) for key, _ in accuracy_columns(rows)},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (out / "chain.json").write_text(json.dumps(result.chain, indent=1) + "\n")
@@ -68,22 +82,27 @@ def write_run_dir(result, transfer=None) -> None:
 
 def render_report(result, rows, metrics) -> str:
     s, chain, d = result.scenario, result.chain, result.ledger.distill
+    cols = accuracy_columns(rows)
+    fed = s.federation
+    mode = (f"{fed.strategy} over {fed.rounds} rounds builds one global teacher" if fed.mode == "fedavg"
+            else "every node trains its own teacher once (one-shot)")
     lines = [
         f"# kdledger run `{s.name}`", "",
-        f"{s.nodes} data nodes on `{s.data.dataset}` ({s.data.partitioner}, alpha {s.data.alpha}); "
+        f"{s.nodes} data nodes on `{s.data.dataset}` ({s.data.partitioner}, alpha {s.data.alpha}); {mode}; "
         f"teachers `{s.teacher.model}`; student `{s.distill.student}` by `{s.distill.method}` "
-        f"from {d.get('samples', 0)} synthetic samples on {d.get('device', '?')}.", "",
-        "Accuracies are each node's own measurement on its private test split, signed by the node and "
+        f"({d.get('variant', '')}) from {d.get('samples', 0)} synthetic samples on {d.get('device', '?')}.", "",
+        "Accuracies (%) are each node's own measurement on its private test split, signed by the node and "
         "attested on-chain.", "",
-        "| node | train | test | teacher acc % | student acc % | teacher tx | student attestation tx |",
-        "|---|---:|---:|---:|---:|---|---|",
+        "| node | train | test | " + " | ".join(t for _, t in cols) + " | label histogram | teacher tx | student attestation tx |",
+        "|---|---:|---:|" + "---:|" * len(cols) + "---|---|---|",
     ]
     for r in rows:
         note = f" ({r['error']})" if r["error"] else ""
-        lines.append(f"| `{r['node']}`{note} | {r['train']} | {r['test']} | {_pct(r['teacher_accuracy'])} | "
-                     f"{_pct(r['student_accuracy'])} | `{short(r['teacher_tx'], 18)}` | `{short(r['student_attest_tx'], 18)}` |")
+        lines.append(f"| `{r['node']}`{note} | {r['train']} | {r['test']} | "
+                     + " | ".join(_pct(r.get(k)) for k, _ in cols)
+                     + f" | {r['label_histogram']} | `{short(r['teacher_tx'], 18)}` | `{short(r['student_attest_tx'], 18)}` |")
     wm = metrics["weighted_mean"]
-    lines += [f"| weighted mean |  |  | {_pct(wm['teacher_accuracy'])} | {_pct(wm['student_accuracy'])} |  |  |", ""]
+    lines += ["| weighted mean |  |  | " + " | ".join(_pct(wm.get(k)) for k, _ in cols) + " |  |  |  |", ""]
     lines += [
         "## Chain", "",
         f"- backend: {chain['backend']}, chain id {chain['chain_id']}",

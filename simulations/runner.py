@@ -82,8 +82,9 @@ def provision(scenario: Scenario, w3, out_dir: Path, setup_txs: list[dict]):
 
 def run_scenario(
     scenario: Scenario, out: Path | None = None, *, progress: Callable[[str, int, int], None] | None = None,
-    verbose: bool = False,
+    verbose: bool = False, audit=None,
 ) -> RunResult:
+    """Play `scenario`; `audit(message_type, reply)` sees every reply a data node sends, if given."""
     from flwr.simulation import run_simulation
 
     from node.client_app import app as client_app
@@ -106,17 +107,19 @@ def run_scenario(
         registry=registry, relayer=relayer, distiller=distiller, store=ArtifactStore(out_dir / "store"),
         run_id=run_id, config=scenario.decisive(), seed=scenario.seed, num_nodes=scenario.nodes, data=scenario.data,
         teacher=scenario.teacher, distill=scenario.distill, keys_dir=(out_dir / "keys").resolve(),
+        federation=scenario.federation, faults=scenario.faults, audit=audit,
         progress=progress or (lambda phase, done, total: None),
     )
     backend_config = {
         "client_resources": {"num_cpus": scenario.simulation.cpus_per_node, "num_gpus": 0.0},
         "init_args": {"include_dashboard": False, "logging_level": "INFO" if verbose else "ERROR",
+                      "log_to_driver": verbose,  # a node's failure is reported per node, not as a worker's traceback
                       **({"num_cpus": scenario.simulation.num_cpus} if scenario.simulation.num_cpus else {})},
     }
     flwr_log = logging.getLogger("flwr")
     level = flwr_log.level
-    if not verbose:  # run_simulation warns that it is deprecated on every call; we know
-        flwr_log.setLevel(logging.ERROR)
+    if not verbose:  # run_simulation warns that it is deprecated on every call, and a failing node's
+        flwr_log.setLevel(logging.CRITICAL)  # traceback is Flower's log: the run reports it per node instead
     try:
         run_simulation(make_server_app(coordinator), client_app, scenario.nodes, backend_config=backend_config,
                        verbose_logging=verbose)

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from node.config import DataConfig, DistillConfig, Strict, TeacherConfig
+from node.config import DataConfig, DistillConfig, FaultConfig, FederationConfig, Strict, TeacherConfig
 from node.data import LOADERS, PATH_DATASETS
 from node.dfkd import METHODS, MethodError
 from node.models import MODELS
@@ -40,6 +40,8 @@ class Scenario(Strict):
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     distill: DistillConfig = DistillConfig()
+    federation: FederationConfig = FederationConfig()
+    faults: FaultConfig = FaultConfig()
     chain: ChainConfig = ChainConfig()
     simulation: SimulationConfig = SimulationConfig()
 
@@ -63,13 +65,19 @@ class Scenario(Strict):
         except ValidationError as exc:
             err = exc.errors()[0]
             raise ValueError(f"distill.options.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        if self.federation.min_nodes > self.nodes:
+            raise ValueError(f"federation.min_nodes: {self.federation.min_nodes} is more than the {self.nodes} nodes")
+        for phase in ("train", "evaluate"):
+            bad = [p for p in getattr(self.faults, phase) if not 0 <= p < self.nodes]
+            if bad:
+                raise ValueError(f"faults.{phase}: partitions {bad} do not exist (0..{self.nodes - 1})")
         if self.chain.registry and not self.chain.rpc_url:
             raise ValueError("chain.registry: reusing a registry needs chain.rpc_url (the embedded chain starts empty)")
         return self
 
     def decisive(self) -> dict:
         """Everything that decides the result (not where the chain runs or how many CPUs)."""
-        return self.model_dump(mode="json", include={"seed", "nodes", "data", "teacher", "distill"})
+        return self.model_dump(mode="json", include={"seed", "nodes", "data", "teacher", "distill", "federation"})
 
     def config_hash(self) -> bytes:
         return hashlib.sha256(json.dumps(self.decisive(), sort_keys=True, separators=(",", ":")).encode()).digest()

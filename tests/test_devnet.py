@@ -41,7 +41,7 @@ def test_events_survive_a_restart_from_state(devnet_run):
     live = json.loads(done.stdout)
     assert live == json.loads((run_dir / "events.json").read_text())  # as the run saw them
     assert sum(e["event"] == "TeacherRegistered" for e in live) == NODES
-    assert sum(e["event"] == "AccuracyAttested" for e in live) == 2 * NODES
+    assert sum(e["event"] == "AccuracyAttested" for e in live) == 4 * NODES
 
 
 def test_events_filters(devnet_run):

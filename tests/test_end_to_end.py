@@ -55,7 +55,9 @@ def test_events_record_every_teacher_the_student_and_each_attestation(runs):
         by_name.setdefault(e["event"], []).append(e)
     assert len(by_name["TeacherRegistered"]) == NODES
     (student,) = by_name["StudentCommitted"]
-    assert len(by_name["AccuracyAttested"]) == 2 * NODES  # student and own teacher, per node
+    # per node: the student, its own teacher, the teachers' ensemble and their weights averaged once
+    assert len(by_name["AccuracyAttested"]) == 4 * NODES
+    assert sorted(e["args"]["method"] for e in by_name["AggregateRegistered"]) == ["FedAvg (one-shot)", "ensemble"]
     teachers = {e["args"]["modelHash"] for e in by_name["TeacherRegistered"]}
     assert set(student["args"]["teacherHashes"]) == teachers
     assert student["args"]["method"] == "softtarget"
