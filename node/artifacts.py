@@ -1,14 +1,24 @@
 """Weights as files: deterministic safetensors, SHA-256 content ids, a store keyed by hash.
 
 Weights from another party are never unpickled: safetensors only, and a file's hash is checked
-against the one on-chain before a byte of it is parsed.
+against the one on-chain before a byte of it is parsed. At rest, a node's files can be sealed for
+the distiller (X25519 key agreement, HKDF-SHA256, AES-256-GCM); the on-chain hash is of the
+plaintext: decrypt, then verify, then load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 import torch
 from safetensors.torch import load as st_load
@@ -18,6 +28,62 @@ from node.models import Classifier, Ensemble, build_model
 
 class TamperedArtifact(RuntimeError):
     pass
+
+
+# -- sealing: artifacts encrypted at rest for the distiller ------------------------------------
+SEAL_MAGIC = b"KDLSEAL1"
+SEAL_INFO = b"kdledger artifact seal v1"
+
+
+def new_seal_key() -> X25519PrivateKey:
+    return X25519PrivateKey.generate()
+
+
+def public_bytes(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _seal_key(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=ephemeral + recipient, info=SEAL_INFO).derive(shared)
+
+
+def seal(blob: bytes, recipient_public: bytes, model_hash: bytes) -> bytes:
+    """Encrypt a weights file for one recipient: ephemeral X25519, HKDF-SHA256, AES-256-GCM.
+
+    The model hash is the associated data, so a sealed file cannot be passed off under another hash.
+    """
+    ephemeral = X25519PrivateKey.generate()
+    eph_public = public_bytes(ephemeral)
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient_public))
+    nonce = os.urandom(12)
+    ciphertext = AESGCM(_seal_key(shared, eph_public, recipient_public)).encrypt(nonce, blob, model_hash)
+    return SEAL_MAGIC + eph_public + nonce + ciphertext
+
+
+def unseal(sealed: bytes, recipient: X25519PrivateKey, model_hash: bytes, *, owner: str = "?") -> bytes:
+    if not sealed.startswith(SEAL_MAGIC) or len(sealed) < len(SEAL_MAGIC) + 32 + 12 + 16:
+        raise TamperedArtifact(f"sealed artifact 0x{model_hash.hex()} from {owner} is not a kdledger seal")
+    eph_public = sealed[8:40]
+    nonce, ciphertext = sealed[40:52], sealed[52:]
+    shared = recipient.exchange(X25519PublicKey.from_public_bytes(eph_public))
+    try:
+        return AESGCM(_seal_key(shared, eph_public, public_bytes(recipient))).decrypt(nonce, ciphertext, model_hash)
+    except InvalidTag:
+        raise TamperedArtifact(
+            f"sealed artifact 0x{model_hash.hex()} from {owner} fails authentication (tampered, or not sealed for this "
+            "distiller)") from None
+
+
+def save_seal_key(key: X25519PrivateKey, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+    os.chmod(path, 0o600)
+
+
+def load_seal_key(path: Path) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(Path(path).read_bytes())
 
 
 DTYPES = {
@@ -97,30 +163,45 @@ def deserialize(blob: bytes, expected_hash: bytes, *, owner: str = "?") -> Class
 
 
 class ArtifactStore:
-    """A directory of weights files keyed by their SHA-256: store/ab/cd/<hash>.safetensors."""
+    """A directory of weights files keyed by their SHA-256: store/ab/cd/<hash>.safetensors[.enc].
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    A sealed file (`.enc`) is opened with `seal_key`, the distiller's X25519 key; its plaintext's hash
+    is then checked like any other file's before it is parsed.
+    """
 
-    def path(self, model_hash: bytes) -> Path:
+    def __init__(self, root: Path, seal_key: X25519PrivateKey | None = None):
+        self.root, self.seal_key = Path(root), seal_key
+
+    def path(self, model_hash: bytes, sealed: bool = False) -> Path:
         h = model_hash.hex()
-        return self.root / h[:2] / h[2:4] / f"{h}.safetensors"
+        return self.root / h[:2] / h[2:4] / (f"{h}.safetensors" + (".enc" if sealed else ""))
 
-    def put(self, blob: bytes) -> bytes:
-        model_hash = sha256(blob)
-        path = self.path(model_hash)
+    def _write(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(blob)
+            tmp.write_bytes(data)
             tmp.replace(path)
+
+    def put(self, blob: bytes) -> bytes:
+        model_hash = sha256(blob)
+        self._write(self.path(model_hash), blob)
         return model_hash
+
+    def put_sealed(self, model_hash: bytes, sealed: bytes) -> None:
+        """Keep a sealed file under the hash its owner signed (only the distiller can check it)."""
+        self._write(self.path(model_hash, sealed=True), sealed)
 
     def get(self, model_hash: bytes, *, owner: str = "?") -> bytes:
         path = self.path(model_hash)
-        if not path.exists():
-            raise TamperedArtifact(f"artifact 0x{model_hash.hex()} from {owner} is missing from the store at {path}")
-        return path.read_bytes()
+        if path.exists():
+            return path.read_bytes()
+        sealed = self.path(model_hash, sealed=True)
+        if sealed.exists():
+            if self.seal_key is None:
+                raise TamperedArtifact(f"artifact 0x{model_hash.hex()} from {owner} is sealed and this store has no key")
+            return unseal(sealed.read_bytes(), self.seal_key, model_hash, owner=owner)
+        raise TamperedArtifact(f"artifact 0x{model_hash.hex()} from {owner} is missing from the store at {path}")
 
     def load(self, model_hash: bytes, *, owner: str = "?") -> Classifier:
         return deserialize(self.get(model_hash, owner=owner), model_hash, owner=owner)

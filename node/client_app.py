@@ -20,7 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from chain.identity import KIND_BY_NAME, Attestation, Domain, Publication, load_key, sign
-from node.artifacts import deserialize, serialize, sha256
+from node.artifacts import deserialize, seal, serialize, sha256
 from node.config import DataConfig, DistillConfig, FaultConfig, TeacherConfig
 from node.data import Split, node_splits, spec_of
 from node.dfkd import METHODS, InputSpace
@@ -110,15 +110,20 @@ def train(msg: Message, context: Context) -> Message:
         published |= METHODS[distill.method].node_side(
             model, proxy_student, train_split.x, train_split.y, distill.options, seed=node_seed,
             space=InputSpace(spec.input_shape, *spec.bounds))
+    seal_to = bytes(node.task["seal-to"])  # the distiller's X25519 key when files travel sealed
     records, hashes, signatures = {}, [], []
     for i, (kind, published_model) in enumerate(published.items()):
+        blob = serialize(published_model, cfg.model, spec.input_shape, spec.num_classes)
         publication = Publication(
-            node=node.account.address, model_hash=sha256(serialize(published_model, cfg.model, spec.input_shape,
-                                                                   spec.num_classes)),
-            kind=KIND_BY_NAME[kind], round=round_, run_id=node.task["run-id"], uri=str(node.task["uri"]),
-            nonce=int(node.task["nonce"]) + i, deadline=int(node.task["deadline"]),
+            node=node.account.address, model_hash=sha256(blob), kind=KIND_BY_NAME[kind], round=round_,
+            run_id=node.task["run-id"], uri=str(node.task["uri"]), nonce=int(node.task["nonce"]) + i,
+            deadline=int(node.task["deadline"]),
         )
-        records["arrays" if kind == "teacher" else kind] = ArrayRecord(published_model.state_dict())
+        key = "arrays" if kind == "teacher" else kind
+        if seal_to:  # only the distiller can open it; the coordinator relays ciphertext
+            records[key] = ArrayRecord({"sealed": blob_to_array(seal(blob, seal_to, publication.model_hash))})
+        else:
+            records[key] = ArrayRecord(published_model.state_dict())
         hashes.append(publication.model_hash)
         signatures.append(sign(node.account, publication, node.domain()))
     signed = ConfigRecord({"address": node.account.address, "kinds": list(published), "model-hashes": hashes,

@@ -54,6 +54,8 @@ class FederationConfig(Strict):
     ensemble_weights: Literal["samples", "uniform"] = Field("samples", description="one-shot ensemble weighting")
     evaluate_ensemble: bool | None = Field(None, description="nodes also attest the ensemble (default: 10 nodes or fewer)")
     evaluate_fedavg_once: bool = Field(True, description="one-shot: also attest the teachers' weights averaged once")
+    seal_artifacts: bool = Field(False, description="one-shot: nodes encrypt their files for the distiller (X25519, "
+                                                    "AES-GCM); the coordinator keeps and relays only ciphertext")
 
 
 class FaultConfig(Strict):

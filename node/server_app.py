@@ -32,7 +32,7 @@ from flwr.serverapp import Grid, ServerApp
 from chain.identity import KIND_BY_NAME, Attestation, Publication
 from chain.registry import Registry, RegistryError
 from node.artifacts import ArtifactStore, average_weights, serialize, sha256
-from node.client_app import blob_to_array
+from node.client_app import array_to_blob, blob_to_array
 from node.config import DataConfig, DistillConfig, FaultConfig, FederationConfig, TeacherConfig
 from node.data import spec_of
 from node.distiller import distill_student
@@ -100,6 +100,7 @@ class Coordinator:
     uri: str = "file:store"
     progress: Callable[[str, int, int], None] = lambda phase, done, total: None
     audit: Callable[[str, Message], None] | None = None  # sees every reply a data node sends (privacy tests)
+    seal_to: bytes = b""  # the distiller's X25519 public key when nodes seal their files
     ledger: RunLedger = field(default_factory=RunLedger)
     transfer: object = None  # the distiller's synthetic inputs, for the report's sample grid
     config_document: dict | None = None
@@ -110,7 +111,7 @@ class Coordinator:
         return ConfigRecord({
             "seed": self.seed, "data": self.data.model_dump_json(), "teacher": self.teacher.model_dump_json(),
             "distill": self.distill.model_dump_json(), "faults": self.faults.model_dump_json(),
-            "keys-dir": str(self.keys_dir), "run-id": self.run_id, "uri": self.uri,
+            "keys-dir": str(self.keys_dir), "run-id": self.run_id, "uri": self.uri, "seal-to": self.seal_to,
             "chain-id": self.registry.domain().chain_id, "contract": self.registry.address, **extra,
         })
 
@@ -191,10 +192,14 @@ class Coordinator:
                 for i, (kind, model_hash, signature) in enumerate(
                         zip(signed["kinds"], signed["model-hashes"], signed["signatures"])):
                     arrays = reply.content["arrays" if kind == "teacher" else kind]
-                    blob, actual = self._canonical(arrays.to_torch_state_dict())
-                    if actual != bytes(model_hash):
-                        raise RegistryError("SignedHashMismatch", (bytes(model_hash), actual))
-                    self.store.put(blob)
+                    if "sealed" in arrays:  # only the distiller can check it: after decrypting, before loading
+                        actual = bytes(model_hash)
+                        self.store.put_sealed(actual, array_to_blob(arrays["sealed"]))
+                    else:
+                        blob, actual = self._canonical(arrays.to_torch_state_dict())
+                        if actual != bytes(model_hash):
+                            raise RegistryError("SignedHashMismatch", (bytes(model_hash), actual))
+                        self.store.put(blob)
                     publication = Publication(
                         node=record.address, model_hash=actual, kind=KIND_BY_NAME[kind], round=round_,
                         run_id=self.run_id, uri=self.uri, nonce=int(task["nonce"]) + i, deadline=int(task["deadline"]),

@@ -77,10 +77,13 @@ def write_run_dir(result, transfer=None) -> None:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (out / "chain.json").write_text(json.dumps(result.chain, indent=1) + "\n")
     (out / "scenario.yaml").write_text(yaml.safe_dump(result.scenario.model_dump(mode="json"), sort_keys=False))
-    (out / "report.md").write_text(render_report(result, rows, metrics))
+    from simulations.plots import write_plots
+
+    plots = write_plots(out, rows, accuracy_columns(rows), transfer, ledger.distill.get("losses", []))
+    (out / "report.md").write_text(render_report(result, rows, metrics, plots))
 
 
-def render_report(result, rows, metrics) -> str:
+def render_report(result, rows, metrics, plots=()) -> str:
     s, chain, d = result.scenario, result.chain, result.ledger.distill
     cols = accuracy_columns(rows)
     fed = s.federation
@@ -111,6 +114,8 @@ def render_report(result, rows, metrics) -> str:
         f"- student: `{metrics['student_hash']}`",
         f"- blocks {chain['from_block']}..{chain['to_block']}, {len(chain['transactions'])} transactions, "
         f"{len(result.events)} events (`kdledger events --run {result.out_dir}`)", "",
+        "## Plots", "",
+        *(f"![{p.stem}](plots/{p.name})" for p in plots), "",
         "## Timing", "",
         *(f"- {phase}: {sec:.1f} s" for phase, sec in metrics["phase_seconds"].items()),
         f"- synthesis {d.get('synthesis_s', 0):.1f} s, student training {d.get('training_s', 0):.1f} s",

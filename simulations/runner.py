@@ -15,7 +15,7 @@ from chain.backends import connect, is_embedded
 from chain.events import fetch_events, write_export
 from chain.identity import derive_account, run_id_of, save_key
 from chain.registry import Registry, fund
-from node.artifacts import ArtifactStore
+from node.artifacts import ArtifactStore, new_seal_key, public_bytes, save_seal_key
 from node.server_app import Coordinator, RunLedger
 from simulations.scenario import Scenario
 
@@ -103,8 +103,13 @@ def run_scenario(
     registry, _, relayer, distiller = provision(scenario, w3, out_dir, setup_txs)
     config_hash = scenario.config_hash()
     run_id = run_id_of(f"{scenario.name}@{datetime.now(timezone.utc).isoformat()}", config_hash)
+    seal_key = None
+    if scenario.federation.seal_artifacts:  # the distiller's decryption key, kept like the nodes' keys (0600)
+        seal_key = new_seal_key()
+        save_seal_key(seal_key, out_dir / "keys" / "distiller-x25519.key")
     coordinator = Coordinator(
-        registry=registry, relayer=relayer, distiller=distiller, store=ArtifactStore(out_dir / "store"),
+        registry=registry, relayer=relayer, distiller=distiller, store=ArtifactStore(out_dir / "store", seal_key),
+        seal_to=public_bytes(seal_key) if seal_key else b"",
         run_id=run_id, config=scenario.decisive(), seed=scenario.seed, num_nodes=scenario.nodes, data=scenario.data,
         teacher=scenario.teacher, distill=scenario.distill, keys_dir=(out_dir / "keys").resolve(),
         federation=scenario.federation, faults=scenario.faults, audit=audit,

@@ -65,6 +65,8 @@ class Scenario(Strict):
         except ValidationError as exc:
             err = exc.errors()[0]
             raise ValueError(f"distill.options.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        if self.federation.seal_artifacts and self.federation.mode == "fedavg":
+            raise ValueError("federation.seal_artifacts: fedavg aggregates plaintext updates; sealing is for one-shot runs")
         if self.federation.min_nodes > self.nodes:
             raise ValueError(f"federation.min_nodes: {self.federation.min_nodes} is more than the {self.nodes} nodes")
         for phase in ("train", "evaluate"):

@@ -29,8 +29,7 @@ def test_fedavg_rounds_register_updates_and_aggregates_and_replies_carry_no_data
             for name, array in record.items():
                 shape = tuple(array.shape)
                 assert shape[-3:] != data_shape and shape[1:] != (64,), f"{kind}: {name} has the data's shape"
-                if array.dtype == "uint8":  # only the evaluate phase's model files travel as bytes, and only
-                    assert kind == "evaluate"  # from the coordinator to the node, never back
+                assert array.dtype != "uint8" or name == "sealed"  # bytes leave a node only sealed
         for record in reply.content.config_records.values():
             for key, value in record.items():
                 values = value if isinstance(value, list) else [value]
@@ -96,3 +95,36 @@ def test_unknown_strategy_and_bad_faults_are_named(tmp_path):
         scenario("x", 2, faults={"train": [5]})
     with pytest.raises(ValueError, match="federation.min_nodes"):
         scenario("x", 2, federation={"min_nodes": 3})
+
+
+def test_sealed_artifacts_are_ciphertext_at_rest_and_checked_after_decryption(tmp_path):
+    import stat
+
+    from node.artifacts import ArtifactStore, TamperedArtifact, load_seal_key, sha256
+
+    train_arrays = []
+
+    def audit(kind, reply):
+        if kind == "train":
+            train_arrays.extend(name for record in reply.content.array_records.values() for name in record.keys())
+
+    spec = scenario("sealed-ci", 2, federation={"seal_artifacts": True})
+    result = run_scenario(spec, tmp_path / "run", audit=audit)
+    assert set(train_arrays) == {"sealed"}  # no plaintext weights left a node
+    store_root, key_file = tmp_path / "run" / "store", tmp_path / "run" / "keys" / "distiller-x25519.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    sealed = sorted(store_root.rglob("*.enc"))
+    teachers = {r.teacher_hash.hex() for r in result.ledger.nodes}
+    assert {p.name.split(".")[0] for p in sealed} == teachers
+    assert not any((store_root / h[:2] / h[2:4] / f"{h}.safetensors").exists() for h in teachers)
+    store = ArtifactStore(store_root, load_seal_key(key_file))
+    h = bytes.fromhex(sealed[0].name.split(".")[0])
+    assert sha256(store.get(h)) == h  # decrypts to exactly the registered bytes
+    with pytest.raises(TamperedArtifact, match="sealed and this store has no key"):
+        ArtifactStore(store_root).get(h)
+    data = bytearray(sealed[0].read_bytes())
+    data[-1] ^= 1
+    sealed[0].write_bytes(bytes(data))
+    with pytest.raises(TamperedArtifact, match="fails authentication"):
+        store.load(h, owner="node x")
+    assert len(result.events) > 0 and result.ledger.student_hash is not None
