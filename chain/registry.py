@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+import time
 from dataclasses import dataclass
 
 from eth_abi import decode as abi_decode
@@ -83,10 +84,11 @@ def _revert_data(exc: Exception) -> bytes | None:
 
 
 class Registry:
-    """ModelRegistry at one address on one chain."""
+    """ModelRegistry at one address on one chain. `chain_seconds` adds up the time spent talking to it."""
 
     def __init__(self, w3: Web3, address: str):
         self.w3 = w3
+        self.chain_seconds = 0.0
         artifact = load_artifact()
         self.contract = w3.eth.contract(address=to_checksum_address(address), abi=artifact["abi"])
         self._errors = _error_table(artifact["abi"])
@@ -104,10 +106,20 @@ class Registry:
 
     # -- writes ------------------------------------------------------------------------------
     def _send(self, fn, sender: LocalAccount) -> dict:
+        start = time.perf_counter()
         try:
             return send(self.w3, fn, sender)
         except (TransactionFailed, ContractCustomError, ContractLogicError) as exc:
             raise self.decode_revert(exc) from None
+        finally:
+            self.chain_seconds += time.perf_counter() - start
+
+    def _call(self, fn):
+        start = time.perf_counter()
+        try:
+            return fn.call()
+        finally:
+            self.chain_seconds += time.perf_counter() - start
 
     def decode_revert(self, exc: Exception) -> RegistryError:
         data = _revert_data(exc)
@@ -146,25 +158,29 @@ class Registry:
         return Domain(chain_id=self.w3.eth.chain_id, contract=self.address)
 
     def nonce(self, account: str) -> int:
-        return self.contract.functions.nonces(account).call()
+        return self._call(self.contract.functions.nonces(account))
 
     def has_role(self, role: str, account: str) -> bool:
-        return self.contract.functions.hasRole(ROLES[role], account).call()
+        return self._call(self.contract.functions.hasRole(ROLES[role], account))
 
     def model(self, model_hash: bytes) -> ModelRecord:
-        owner, kind, rnd, block = self.contract.functions.modelOf(model_hash).call()
+        owner, kind, rnd, block = self._call(self.contract.functions.modelOf(model_hash))
         return ModelRecord(owner, kind, rnd, block)
 
     def lineage(self, student_hash: bytes) -> Lineage:
-        config_hash, count, method, teachers = self.contract.functions.lineageOf(student_hash).call()
+        config_hash, count, method, teachers = self._call(self.contract.functions.lineageOf(student_hash))
         return Lineage(config_hash, count, method, tuple(teachers))
 
     def accuracy(self, model_hash: bytes, node: str) -> tuple[int, int, int]:
-        return tuple(self.contract.functions.accuracyOf(model_hash, node).call())
+        return tuple(self._call(self.contract.functions.accuracyOf(model_hash, node)))
 
     def deadline(self, seconds: int = 3600) -> int:
         """A deadline `seconds` after the chain's own clock (not this machine's)."""
-        return self.w3.eth.get_block("latest")["timestamp"] + seconds
+        start = time.perf_counter()
+        try:
+            return self.w3.eth.get_block("latest")["timestamp"] + seconds
+        finally:
+            self.chain_seconds += time.perf_counter() - start
 
 
 def send(w3: Web3, fn, sender: LocalAccount) -> dict:

@@ -167,3 +167,55 @@ def to_markdown(result: dict, command: str) -> str:
         lines.append(f"| `{r['method']}` | {r['samples']} | {r['node_s']:.1f} | {r['synthesis_s']:.1f} | "
                      f"{r['training_s']:.1f} | {r['student_steps']} | {100 * r['student_accuracy']:.2f} | {gap} |")
     return "\n".join(lines) + "\n"
+
+
+def bench_scale(scenario_path: Path, counts: list[int], out: Path, progress=lambda *a: None) -> dict:
+    """One scenario at several node counts: wall time per phase and the share spent on chain work."""
+    import math
+
+    from simulations.runner import run_scenario
+    from simulations.scenario import load_scenario
+
+    base = load_scenario(scenario_path)
+    rows = []
+    for n in counts:
+        federation = base.federation.model_copy(update={"min_nodes": max(1, math.ceil(0.9 * n))})
+        spec = base.model_copy(update={"name": f"{base.name}-n{n}", "nodes": n, "federation": federation})
+        spec = type(base).model_validate(spec.model_dump())  # re-validate the changed scenario
+        result = run_scenario(spec, out / f"n{n}", progress=progress)
+        phases = result.ledger.phase_seconds
+        chain_s = phases.get("chain (within phases)", 0.0)
+        rows.append({
+            "nodes": n, "wall_s": result.wall_s, "chain_s": chain_s, "chain_share": chain_s / result.wall_s,
+            "phases": {k: v for k, v in phases.items() if k != "chain (within phases)"},
+            "transactions": len(result.chain["transactions"]),
+            "student_accuracy": weighted_student_accuracy(result),
+        })
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(),
+            "scenario": str(scenario_path), "rows": rows}
+
+
+def weighted_student_accuracy(result) -> float | None:
+    from simulations.report import node_rows, weighted_mean
+
+    return weighted_mean(node_rows(result), "student_accuracy")
+
+
+def scale_markdown(result: dict, command: str) -> str:
+    rows = result["rows"]
+    first = rows[0]
+    lines = [
+        f"`{command}`", "", f"{result['date']}, {result['machine']}; scenario {result['scenario']}.", "",
+        "| nodes | wall s | per node s | x first row's per-node time | identify s | teachers s | distill s | evaluate s "
+        "| chain s | chain share | transactions | student acc % |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        p = r["phases"]
+        per_node = r["wall_s"] / r["nodes"]
+        acc = "-" if r["student_accuracy"] is None else f"{100 * r['student_accuracy']:.2f}"
+        lines.append(
+            f"| {r['nodes']} | {r['wall_s']:.1f} | {per_node:.2f} | {per_node / (first['wall_s'] / first['nodes']):.2f} "
+            f"| {p.get('identify', 0):.1f} | {p.get('teachers', 0):.1f} | {p.get('distill', 0):.1f} "
+            f"| {p.get('evaluate', 0):.1f} | {r['chain_s']:.1f} | {100 * r['chain_share']:.1f}% | {r['transactions']} | {acc} |")
+    return "\n".join(lines) + "\n"

@@ -352,6 +352,32 @@ def bench_dfkd_command(
     console.print((out / "bench.md").read_text(), highlight=False)
 
 
+@bench_app.command("scale")
+@one_line_errors
+def bench_scale_command(
+    scenario: Path = typer.Option(Path("simulations/scenarios/scale-100.yaml"), "--scenario"),
+    nodes: str = typer.Option("10,30,100", "--nodes", help="comma list of node counts"),
+    out: Path = typer.Option(Path("runs/bench-scale"), "--out"),
+) -> None:
+    """One scenario at several node counts: wall time, phases, and the chain's share."""
+    import shlex
+
+    from simulations.bench import bench_scale, scale_markdown
+
+    _quiet_logs(False)
+    counts = [int(n) for n in nodes.split(",") if n.strip()]
+    if out.exists() and any(out.iterdir()):
+        from simulations.runner import RunFailed
+
+        raise RunFailed(f"--out {out}: directory exists and is not empty (nothing is overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    result = bench_scale(scenario, counts, out)
+    command = "kdledger bench scale " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    (out / "scale.json").write_text(json.dumps({**result, "command": command}, indent=1) + "\n")
+    (out / "scale.md").write_text(scale_markdown(result, command))
+    console.print((out / "scale.md").read_text(), highlight=False)
+
+
 def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

@@ -80,29 +80,28 @@ def provision(scenario: Scenario, w3, out_dir: Path, setup_txs: list[dict]):
     return registry, admin, relayer, distiller
 
 
-def run_scenario(
-    scenario: Scenario, out: Path | None = None, *, progress: Callable[[str, int, int], None] | None = None,
-    verbose: bool = False, audit=None,
-) -> RunResult:
-    """Play `scenario`; `audit(message_type, reply)` sees every reply a data node sends, if given."""
-    from flwr.simulation import run_simulation
+@dataclass
+class PreparedRun:
+    """A run with its chain, identities and coordinator set up, before any node is contacted."""
 
-    from node.client_app import app as client_app
-    from node.server_app import make_server_app
-    from simulations.report import write_run_dir
+    scenario: Scenario
+    out_dir: Path
+    w3: object
+    first_block: int
+    setup_txs: list[dict]
+    coordinator: Coordinator
+    started: float
 
+
+def prepare_run(scenario: Scenario, out: Path | None = None, *, progress=None, audit=None) -> PreparedRun:
     started = time.perf_counter()
     out_dir = choose_run_dir(out, scenario.name)
     w3 = connect(scenario.chain.rpc_url)  # before anything is written: a chain that is down leaves no trace
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.update(QUIET_ENV)
-    os.environ["FLWR_HOME"] = str((out_dir / ".flwr").resolve())
-
     first_block = w3.eth.block_number + 1
     setup_txs: list[dict] = []
     registry, _, relayer, distiller = provision(scenario, w3, out_dir, setup_txs)
-    config_hash = scenario.config_hash()
-    run_id = run_id_of(f"{scenario.name}@{datetime.now(timezone.utc).isoformat()}", config_hash)
+    run_id = run_id_of(f"{scenario.name}@{datetime.now(timezone.utc).isoformat()}", scenario.config_hash())
     seal_key = None
     if scenario.federation.seal_artifacts:  # the distiller's decryption key, kept like the nodes' keys (0600)
         seal_key = new_seal_key()
@@ -115,6 +114,51 @@ def run_scenario(
         federation=scenario.federation, faults=scenario.faults, audit=audit,
         progress=progress or (lambda phase, done, total: None),
     )
+    return PreparedRun(scenario, out_dir, w3, first_block, setup_txs, coordinator, started)
+
+
+def finish_run(run: PreparedRun) -> RunResult:
+    """After the coordinator ran: read the events back and write the run directory."""
+    from simulations.report import write_run_dir
+
+    scenario, coordinator, w3 = run.scenario, run.coordinator, run.w3
+    if coordinator.error is not None:
+        raise RunFailed(f"run {scenario.name}: {coordinator.error}") from coordinator.error
+    registry = coordinator.registry
+    coordinator.ledger.phase_seconds["chain (within phases)"] = registry.chain_seconds
+    events = fetch_events(w3, registry.address, run.first_block)
+    chain = {
+        "backend": "embedded py-evm (eth-tester)" if is_embedded(w3) else scenario.chain.rpc_url,
+        "rpc_url": scenario.chain.rpc_url,
+        "chain_id": w3.eth.chain_id,
+        "contract": registry.address,
+        "run_id": "0x" + coordinator.run_id.hex(),
+        "config_hash": coordinator.ledger.distill["config_hash"],
+        "from_block": run.first_block,
+        "to_block": w3.eth.block_number,
+        "transactions": run.setup_txs + coordinator.ledger.transactions,
+    }
+    result = RunResult(run.out_dir, scenario, coordinator.ledger, chain, events, time.perf_counter() - run.started)
+    write_export(events, run.out_dir / "events.json")
+    (run.out_dir / "config.json").write_text(  # exactly the bytes whose SHA-256 is the on-chain configHash
+        json.dumps(coordinator.config_document, sort_keys=True, separators=(",", ":")))
+    write_run_dir(result, transfer=coordinator.transfer)
+    return result
+
+
+def run_scenario(
+    scenario: Scenario, out: Path | None = None, *, progress: Callable[[str, int, int], None] | None = None,
+    verbose: bool = False, audit=None,
+) -> RunResult:
+    """Play `scenario` in a local Flower simulation; `audit(message_type, reply)` sees every node's reply."""
+    from flwr.simulation import run_simulation
+
+    from node.client_app import app as client_app
+    from node.server_app import make_server_app
+
+    run = prepare_run(scenario, out, progress=progress, audit=audit)
+    os.environ.update(QUIET_ENV)
+    os.environ["FLWR_HOME"] = str((run.out_dir / ".flwr").resolve())
     backend_config = {
         "client_resources": {"num_cpus": scenario.simulation.cpus_per_node, "num_gpus": 0.0},
         "init_args": {"include_dashboard": False, "logging_level": "INFO" if verbose else "ERROR",
@@ -126,31 +170,11 @@ def run_scenario(
     if not verbose:  # run_simulation warns that it is deprecated on every call, and a failing node's
         flwr_log.setLevel(logging.CRITICAL)  # traceback is Flower's log: the run reports it per node instead
     try:
-        run_simulation(make_server_app(coordinator), client_app, scenario.nodes, backend_config=backend_config,
+        run_simulation(make_server_app(run.coordinator), client_app, scenario.nodes, backend_config=backend_config,
                        verbose_logging=verbose)
     finally:
         flwr_log.setLevel(level)
-    if coordinator.error is not None:
-        raise RunFailed(f"run {scenario.name}: {coordinator.error}") from coordinator.error
-
-    events = fetch_events(w3, registry.address, first_block)
-    chain = {
-        "backend": "embedded py-evm (eth-tester)" if is_embedded(w3) else scenario.chain.rpc_url,
-        "rpc_url": scenario.chain.rpc_url,
-        "chain_id": w3.eth.chain_id,
-        "contract": registry.address,
-        "run_id": "0x" + run_id.hex(),
-        "config_hash": coordinator.ledger.distill["config_hash"],
-        "from_block": first_block,
-        "to_block": w3.eth.block_number,
-        "transactions": setup_txs + coordinator.ledger.transactions,
-    }
-    result = RunResult(out_dir, scenario, coordinator.ledger, chain, events, time.perf_counter() - started)
-    write_export(events, out_dir / "events.json")
-    (out_dir / "config.json").write_text(  # exactly the bytes whose SHA-256 is the on-chain configHash
-        json.dumps(coordinator.config_document, sort_keys=True, separators=(",", ":")))
-    write_run_dir(result, transfer=coordinator.transfer)
-    return result
+    return finish_run(run)
 
 
 def load_chain_info(run_dir: Path) -> dict:
