@@ -85,6 +85,19 @@ class Synthesizer:
         """Project onto the input range: synthetic inputs stay where real ones could be."""
         return x.clamp_(self.space.low, self.space.high)
 
+    def optimise_inputs(self, x: torch.Tensor, loss_fn, iterations: int, lr: float) -> torch.Tensor:
+        """Adam on the inputs themselves for `iterations` steps of `loss_fn(x)`, projected onto the range."""
+        x = x.detach().requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=lr)
+        for _ in range(iterations):
+            loss = loss_fn(x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                self.clamp_(x)
+        return x.detach()
+
 
 def register_method(name: str):
     def add(cls):

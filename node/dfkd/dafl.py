@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from node.dfkd.base import Options, Synthesizer, register_method
+from node.dfkd.base import Options, register_method
 from node.dfkd.distill import kd_loss
-from node.dfkd.generator import Generator
+from node.dfkd.generator import Generator, GeneratorMethod
 
 
 class DAFLOptions(Options):
@@ -42,8 +42,7 @@ def dafl_losses(teacher, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 @register_method("dafl")
-class DAFL(Synthesizer):
-    online = True
+class DAFL(GeneratorMethod):
     Options = DAFLOptions
 
     def synthesize(self):
@@ -68,11 +67,4 @@ class DAFL(Synthesizer):
             s_loss.backward()
             s_opt.step()
             self.student_steps += 1
-        student.eval()
-        gen.eval()
-        with torch.no_grad():
-            for start in range(0, self.samples, 256):
-                yield gen(self.latent(min(256, self.samples - start)))
-
-    def latent(self, n: int) -> torch.Tensor:
-        return torch.randn((n, self.options.latent), generator=self.generator).to(self.device)
+        yield from self.transfer_from(gen)

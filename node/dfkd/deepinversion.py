@@ -80,21 +80,18 @@ class DeepInversion(Synthesizer):
             for start in range(0, self.samples, o.batch_size):
                 n = min(o.batch_size, self.samples - start)
                 targets = torch.randint(self._classes(), (n,), generator=self.generator).to(self.device)
-                x = torch.randn((n, *self.space.shape), generator=self.generator).to(self.device).requires_grad_(True)
-                opt = torch.optim.Adam([x], lr=o.lr)
-                for _ in range(o.iterations):
+
+                def loss_fn(x, targets=targets):
                     stats.losses = []
                     logits = teacher(x)
                     loss = (F.cross_entropy(logits, targets) + o.bn_weight * stats.take()
                             + o.tv_weight * total_variation(x) + o.l2_weight * x.pow(2).mean())
                     if o.adaptive:
                         loss = loss + o.adaptive * (1 - js_divergence(logits, student(x), o.temperature))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    with torch.no_grad():
-                        self.clamp_(x)
-                yield x.detach()
+                    return loss
+
+                start_x = torch.randn((n, *self.space.shape), generator=self.generator).to(self.device)
+                yield self.optimise_inputs(start_x, loss_fn, o.iterations, o.lr)
         finally:
             stats.remove()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from node.dfkd.base import Synthesizer
+
 
 class Generator(nn.Module):
     """Linear to 128 x (s/4)^2, two upsample-conv blocks with batch norm, tanh, then a non-affine BN.
@@ -31,3 +33,20 @@ class Generator(nn.Module):
         if x.shape[-2:] != self.size:  # sizes not divisible by 4 (e.g. 28 -> 7 -> 28 works; 30 would not)
             x = nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
         return x
+
+
+class GeneratorMethod(Synthesizer):
+    """A method that trains a generator (and the student, online): its transfer set is the generator's output."""
+
+    online = True
+
+    def latent(self, n: int) -> torch.Tensor:
+        return torch.randn((n, self.options.latent), generator=self.generator).to(self.device)
+
+    def transfer_from(self, gen: Generator):
+        """After training: the student back in eval mode, and `samples` images from the final generator."""
+        self.student.eval()
+        gen.eval()
+        with torch.no_grad():
+            for start in range(0, self.samples, 256):
+                yield gen(self.latent(min(256, self.samples - start)))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from node.dfkd.base import Options, Synthesizer, register_method
-from node.dfkd.generator import Generator
+from node.dfkd.base import Options, register_method
+from node.dfkd.generator import Generator, GeneratorMethod
 
 
 def minkowski_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, p: float) -> torch.Tensor:
@@ -33,8 +33,7 @@ class MinkowskiOptions(Options):
 
 
 @register_method("minkowski")
-class Minkowski(Synthesizer):
-    online = True
+class Minkowski(GeneratorMethod):
     Options = MinkowskiOptions
 
     def student_loss(self, student_logits, teacher_logits, temperature):
@@ -61,11 +60,4 @@ class Minkowski(Synthesizer):
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             g_opt.step()
-        student.eval()
-        gen.eval()
-        with torch.no_grad():
-            for start in range(0, self.samples, 256):
-                yield gen(self.latent(min(256, self.samples - start)))
-
-    def latent(self, n: int) -> torch.Tensor:
-        return torch.randn((n, self.options.latent), generator=self.generator).to(self.device)
+        yield from self.transfer_from(gen)

@@ -98,15 +98,7 @@ class SoftTarget(Synthesizer):
             for start in range(0, quota, o.batch_size):
                 n = min(o.batch_size, quota - start)
                 targets = self.soft_targets(teacher, n)
-                x = self.noise(n).requires_grad_(True)
-                opt = torch.optim.Adam([x], lr=o.lr)
-                for _ in range(o.iterations):
-                    loss = self.generation_loss(teacher, x, targets)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    with torch.no_grad():
-                        self.clamp_(x)
-                yield x.detach()
+                yield self.optimise_inputs(self.noise(n), lambda x, t=teacher, y=targets: self.generation_loss(t, x, y),
+                                           o.iterations, o.lr)
             for p in teacher.parameters():
                 p.requires_grad_(True)

@@ -81,13 +81,6 @@ class ZSKD(Synthesizer):
         targets = self.targets(self.samples).to(self.device)
         for start in range(0, self.samples, o.batch_size):
             y = targets[start : start + o.batch_size]
-            x = self.noise(len(y)).requires_grad_(True)
-            opt = torch.optim.Adam([x], lr=o.lr)
-            for _ in range(o.iterations):
-                loss = -(y * F.log_softmax(teacher(x) / o.temperature, 1)).sum(1).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    self.clamp_(x)
-            yield x.detach()
+            yield self.optimise_inputs(
+                self.noise(len(y)), lambda x, y=y: -(y * F.log_softmax(teacher(x) / o.temperature, 1)).sum(1).mean(),
+                o.iterations, o.lr)
