@@ -125,8 +125,13 @@ class ReplayBuffer:
         return self.low + (self.high - self.low) * torch.rand((n, *self.shape), generator=self.generator)
 
     def sample(self, n: int, reinit: float):
-        """n chains to continue; each restarts from U(-1, 1) with a fresh label with chance `reinit`."""
-        idx = torch.randint(len(self), (n,), generator=self.generator)
+        """n distinct chains to continue; each restarts from U(-1, 1) with a fresh label with chance `reinit`.
+
+        Distinct, so that writing them back is well defined: with repeated indices, which copy lands
+        in the buffer would depend on thread scheduling, and runs would not repeat.
+        """
+        idx = torch.randperm(len(self), generator=self.generator)[: min(n, len(self))]
+        n = len(idx)
         x, labels, soft = self.x[idx].clone(), self.labels[idx].clone(), self.soft[idx].clone()
         fresh = torch.rand(n, generator=self.generator) < reinit
         if fresh.any():
