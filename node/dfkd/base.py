@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -32,7 +33,7 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Synthesizer:
+class Synthesizer(ABC):
     """Makes the inputs a student is distilled on, from the teacher alone.
 
     An offline method (`online = False`) yields its whole transfer set once from `synthesize()`;
@@ -59,9 +60,9 @@ class Synthesizer:
         self.student_steps = 0  # optimizer steps an online method gave the student while generating
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
+    @abstractmethod
     def synthesize(self) -> Iterator[torch.Tensor]:
         """Yield batches of synthetic inputs in `space` (on `device`)."""
-        raise NotImplementedError
 
     @classmethod
     def node_side(cls, teacher: nn.Module, student: nn.Module, x: torch.Tensor, y: torch.Tensor, options: dict,
