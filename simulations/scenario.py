@@ -6,8 +6,6 @@ methods, and a dataset path that does not exist, all before anything starts.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import yaml
@@ -17,6 +15,7 @@ from node.config import DataConfig, DistillConfig, FaultConfig, FederationConfig
 from node.data import LOADERS, PATH_DATASETS
 from node.dfkd import METHODS, MethodError
 from node.models import MODELS
+from node.server_app import config_digest
 
 
 class ScenarioError(ValueError):
@@ -82,7 +81,7 @@ class Scenario(Strict):
         return self.model_dump(mode="json", include={"seed", "nodes", "data", "teacher", "distill", "federation"})
 
     def config_hash(self) -> bytes:
-        return hashlib.sha256(json.dumps(self.decisive(), sort_keys=True, separators=(",", ":")).encode()).digest()
+        return config_digest(self.decisive())
 
 
 def _format(exc: ValidationError) -> str:
