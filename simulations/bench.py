@@ -104,7 +104,9 @@ def bench_dfkd(
     *, dataset: str, data_path: Path | None, teacher_name: str, student_name: str, methods: list[str], samples: int,
     teacher_epochs: int, student_epochs: int, lr: float, batch_size: int, temperature: float, seed: int,
     device: str, cache: Path, progress: Callable[[str, int, int], None] = lambda *a: None,
+    on_row: Callable[[dict], None] = lambda result: None,
 ) -> dict:
+    """Run every method; `on_row` gets the table so far after each one, so a stopped run keeps its rows."""
     parsed = [parse_method(m) for m in methods]
     torch.manual_seed(seed)
     data = DataConfig(dataset=dataset, path=data_path)
@@ -120,7 +122,20 @@ def bench_dfkd(
     teacher_acc = accuracy(teacher.cpu(), test)
     teacher.to(dev)
     space = InputSpace(spec.input_shape, *spec.bounds)
-    rows = []
+    def summarise(rows: list[BenchRow], pending: int) -> dict:
+        kd = next((r.student_accuracy for r in rows if r.method == "kd"), None)
+        for r in rows:
+            r.gap_to_kd = None if kd is None else kd - r.student_accuracy
+        return {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(), "device": str(dev),
+            "dataset": dataset, "teacher": teacher_name, "student": student_name, "teacher_accuracy": teacher_acc,
+            "samples": samples, "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "lr": lr,
+            "batch_size": batch_size, "temperature": temperature, "seed": seed, "train_size": len(train),
+            "test_size": len(test), "rows": [asdict(r) for r in rows], "pending_methods": pending,
+            "note": "student steps count the optimizer steps an online method (genkd) gave the student while generating",
+        }
+
+    rows: list[BenchRow] = []
     for name, options in parsed:
         label = name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options else "")
         torch.manual_seed(seed)
@@ -138,17 +153,8 @@ def bench_dfkd(
                          progress=lambda stage, done, total, label=label: progress(f"{label} {stage}", done, total))
         rows.append(BenchRow(label, options, len(result.transfer), node_s, result.synthesis_s, result.training_s,
                              accuracy(result.student.cpu(), test), result.student_steps, variant=variant))
-    kd = next((r.student_accuracy for r in rows if r.method == "kd"), None)
-    for r in rows:
-        r.gap_to_kd = None if kd is None else kd - r.student_accuracy
-    return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(), "device": str(dev),
-        "dataset": dataset, "teacher": teacher_name, "student": student_name, "teacher_accuracy": teacher_acc,
-        "samples": samples, "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "lr": lr,
-        "batch_size": batch_size, "temperature": temperature, "seed": seed, "train_size": len(train),
-        "test_size": len(test), "rows": [asdict(r) for r in rows],
-        "note": "student steps count the optimizer steps an online method (genkd) gave the student while generating",
-    }
+        on_row(summarise(rows, pending=len(parsed) - len(rows)))
+    return summarise(rows, pending=0)
 
 
 def to_markdown(result: dict, command: str) -> str:
@@ -158,7 +164,8 @@ def to_markdown(result: dict, command: str) -> str:
         f"{result['teacher']} ({result['teacher_epochs']} epochs, test accuracy {100 * result['teacher_accuracy']:.2f}%), "
         f"student {result['student']}; every method {result['samples']} synthetic samples and {result['student_epochs']} "
         f"student epochs (Adam {result['lr']}, batch {result['batch_size']}, T {result['temperature']}), seed {result['seed']}; "
-        f"accuracy on the {result['test_size']} test images.", "",
+        f"accuracy on the {result['test_size']} test images."
+        + (f" **Partial: {result['pending_methods']} method(s) still to run.**" if result.get("pending_methods") else ""), "",
         "| method | samples | node-side s | synthesis s | student train s | student steps | student acc % | gap to kd (points) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]

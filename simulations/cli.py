@@ -65,13 +65,15 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<name>)"),
     as_json: bool = typer.Option(False, "--json", help="print metrics.json instead of the table"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Flower's and Ray's logs"),
+    overrides: list[str] = typer.Option([], "--set", help="override a scenario key, e.g. --set distill.method=softtarget "
+                                                            "--set distill.options={} (repeatable; value read as YAML)"),
 ) -> None:
     """Run a scenario end to end and write its run directory."""
     from simulations.report import accuracy_columns, node_rows, short, weighted_mean
     from simulations.runner import run_scenario
     from simulations.scenario import load_scenario
 
-    spec = load_scenario(scenario)
+    spec = load_scenario(scenario, overrides)
     _quiet_logs(verbose)
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=as_json, disable=as_json) as bar:
@@ -325,11 +327,13 @@ def bench_dfkd_command(
     """Every DFKD method on one teacher with the same sample count and student budget."""
     import shlex
 
-    from simulations.bench import bench_dfkd, to_markdown
-
-    from simulations.bench import split_methods
+    from simulations.bench import bench_dfkd, split_methods, to_markdown
 
     specs = split_methods(methods)
+    if (out / "bench.json").exists():
+        from simulations.runner import RunFailed
+
+        raise RunFailed(f"--out {out}: holds an earlier bench.json (nothing is overwritten; pick another --out)")
     _quiet_logs(False)
     columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console) as bar:
@@ -341,14 +345,17 @@ def bench_dfkd_command(
             bar.update(tasks[stage], completed=done, total=total or None)
 
         cache.mkdir(parents=True, exist_ok=True)
-        result = bench_dfkd(dataset=dataset, data_path=data_path, teacher_name=teacher, student_name=student,
-                            methods=specs, samples=samples, teacher_epochs=teacher_epochs, student_epochs=student_epochs,
-                            lr=lr, batch_size=batch_size, temperature=temperature, seed=seed, device=device,
-                            cache=cache, progress=progress)
-    command = "kdledger bench dfkd " + " ".join(shlex.quote(a) for a in sys.argv[3:])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps({**result, "command": command}, indent=1) + "\n")
-    (out / "bench.md").write_text(to_markdown(result, command))
+        out.mkdir(parents=True, exist_ok=True)
+        command = "kdledger bench dfkd " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+
+        def write(result: dict) -> None:  # after every method, so a stopped run keeps what it measured
+            (out / "bench.json").write_text(json.dumps({**result, "command": command}, indent=1) + "\n")
+            (out / "bench.md").write_text(to_markdown(result, command))
+
+        write(bench_dfkd(dataset=dataset, data_path=data_path, teacher_name=teacher, student_name=student,
+                         methods=specs, samples=samples, teacher_epochs=teacher_epochs, student_epochs=student_epochs,
+                         lr=lr, batch_size=batch_size, temperature=temperature, seed=seed, device=device,
+                         cache=cache, progress=progress, on_row=write))
     console.print((out / "bench.md").read_text(), highlight=False)
 
 

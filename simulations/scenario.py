@@ -6,6 +6,7 @@ methods, and a dataset path that does not exist, all before anything starts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -95,7 +96,8 @@ def _format(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_scenario(path: Path) -> Scenario:
+def load_scenario(path: Path, overrides: Sequence[str] = ()) -> Scenario:
+    """Read and validate a scenario; `overrides` are 'dotted.key=yaml-value' edits applied first."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -107,10 +109,35 @@ def load_scenario(path: Path) -> Scenario:
         raise ScenarioError(f"{path}:{where}: not valid YAML") from None
     if not isinstance(raw, dict):
         raise ScenarioError(f"{path}: a scenario is a mapping of keys (name, nodes, data, ...)")
+    for item in overrides:
+        apply_override(raw, item)
+    where = f"{path} (with --set {' '.join(overrides)})" if overrides else f"{path}"
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:
-        raise ScenarioError(f"{path}: {_format(exc)}") from None
+        raise ScenarioError(f"{where}: {_format(exc)}") from None
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """'distill.options.iterations=300' sets raw['distill']['options']['iterations'] = 300 (value read as YAML).
+
+    Validation happens afterwards on the whole scenario, so a misspelt key fails there like one in the file.
+    """
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ScenarioError(f"--set {item!r}: expected dotted.key=value, e.g. distill.method=softtarget")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ScenarioError(f"--set {item!r}: the value is not valid YAML") from None
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ScenarioError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 __all__ = ["Scenario", "ScenarioError", "load_scenario", "MethodError"]

@@ -34,8 +34,26 @@ def test_tiny_bench_on_digits_writes_markdown_and_json(tmp_path):
     assert genkd["variant"] == "published-ebm" and genkd["node_s"] > 0
     assert genkd["student_steps"] > result["rows"][0]["student_steps"]  # online steps are counted, not hidden
     assert "kdledger bench dfkd" in (tmp_path / "out" / "bench.md").read_text()
+    assert result["pending_methods"] == 0 and "Partial" not in (tmp_path / "out" / "bench.md").read_text()
     # the teacher is cached under its configuration's hash and reused
     assert len(list((tmp_path / "cache").glob("teacher-*.json"))) == 1
+    # a second run never overwrites the first one's table
+    before = (tmp_path / "out" / "bench.json").read_bytes()
+    again = kdledger("bench", "dfkd", "--dataset", "digits", "--methods", "noise", "--out", str(tmp_path / "out"))
+    assert again.returncode == 1 and "earlier bench.json" in again.stderr and "Traceback" not in again.stderr
+    assert (tmp_path / "out" / "bench.json").read_bytes() == before
+
+
+def test_bench_keeps_each_row_as_it_finishes(tmp_path):
+    from simulations.bench import bench_dfkd
+
+    seen = []
+    final = bench_dfkd(dataset="digits", data_path=None, teacher_name="digits-cnn", student_name="digits-cnn-half",
+                       methods=["noise", "kd"], samples=64, teacher_epochs=1, student_epochs=1, lr=1e-3, batch_size=32,
+                       temperature=4.0, seed=0, device="cpu", cache=tmp_path, on_row=seen.append)
+    assert [len(r["rows"]) for r in seen] == [1, 2] and [r["pending_methods"] for r in seen] == [1, 0]
+    assert seen[0]["rows"][0]["gap_to_kd"] is None  # kd has not run yet when noise's row is written
+    assert final["rows"] == seen[-1]["rows"]
 
 
 def test_kd_is_refused_in_a_scenario(tmp_path):

@@ -38,3 +38,26 @@ def test_missing_scenario_file(tmp_path):
 def test_events_of_a_directory_that_is_no_run(tmp_path):
     done = kdledger("events", "--run", str(tmp_path))
     assert done.returncode == 1 and "chain.json" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_set_overrides_a_scenario_key_before_validation():
+    from simulations.scenario import ScenarioError, load_scenario
+
+    base = load_scenario("simulations/scenarios/fmnist-oneshot-a0.1.yaml")
+    spec = load_scenario("simulations/scenarios/fmnist-oneshot-a0.1.yaml",
+                         ["distill.method=softtarget", "distill.options={iterations: 50}", "data.alpha=0.5"])
+    assert (spec.distill.method, spec.distill.options, spec.data.alpha) == ("softtarget", {"iterations": 50}, 0.5)
+    assert spec.config_hash != base.config_hash  # the on-chain config hash follows what actually runs
+    with pytest.raises(ScenarioError, match="expected dotted.key=value"):
+        load_scenario("simulations/scenarios/quickstart.yaml", ["distill.method"])
+    with pytest.raises(ScenarioError, match="seed is a value, not a section"):
+        load_scenario("simulations/scenarios/quickstart.yaml", ["seed.x=1"])
+    # a misspelt key fails like one in the file, naming the override
+    with pytest.raises(ScenarioError, match=r"with --set distill\.metod=kd.*metod"):
+        load_scenario("simulations/scenarios/quickstart.yaml", ["distill.metod=kd"])
+
+
+def test_set_on_the_command_line_gives_a_one_line_error(tmp_path):
+    done = kdledger("run", "simulations/scenarios/quickstart.yaml", "--set", "nodes=zero", "--out", str(tmp_path / "r"))
+    assert done.returncode == 1 and "nodes" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
