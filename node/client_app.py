@@ -100,7 +100,7 @@ def train(msg: Message, context: Context) -> Message:
     node_seed = node.seed * 1000 + node.partition_id
     torch.manual_seed(node_seed)
     model = build_model(cfg.model, spec.input_shape, spec.num_classes)
-    if "arrays" in msg.content.array_records:  # a federated round: start from the global model
+    if "arrays" in msg.content.array_records:  # start from the coordinator's model (every mode sends one)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     loss = train_classifier(model, train_split, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                             seed=node.seed + node.partition_id + 7919 * round_)

@@ -238,8 +238,16 @@ class Coordinator:
         self.ledger.aggregates[name] = model_hash
         return model_hash
 
+    def initial_model(self) -> torch.nn.Module:
+        """The common starting point every node's teacher trains from (the scenario's seed)."""
+        spec = self._spec()
+        torch.manual_seed(self.seed)
+        return build_model(self.teacher.model, spec.input_shape, spec.num_classes)
+
     def teachers_one_shot(self, grid: Grid) -> None:
-        accepted = self.train_round(grid, 0, None)
+        # One round of FedAvg, as DENSE's baseline: every node starts from the same weights, so that
+        # averaging them once is meaningful (averaging independently initialised networks is not).
+        accepted = self.train_round(grid, 0, ArrayRecord(self.initial_model().state_dict()))
         teachers = [self.store.load(r.teacher_hash, owner=f"node {r.address}") for r, _ in accepted]
         counts = [float(r.num_train) for r, _ in accepted]
         hashes, examples = [r.teacher_hash for r, _ in accepted], int(sum(counts))
@@ -261,9 +269,7 @@ class Coordinator:
             raise RuntimeError(f"federation.strategy: flwr.serverapp.strategy has no {self.federation.strategy!r}")
         strategy = cls(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=1,
                        min_available_nodes=1)
-        spec = self._spec()
-        torch.manual_seed(self.seed)
-        global_model = build_model(self.teacher.model, spec.input_shape, spec.num_classes)
+        global_model = self.initial_model()
         arrays = ArrayRecord(global_model.state_dict())
         if hasattr(strategy, "current_arrays"):  # adaptive strategies (FedAdam, FedYogi, ...) keep the server model
             strategy.current_arrays = {k: a.numpy() for k, a in arrays.items()}
