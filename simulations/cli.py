@@ -299,6 +299,15 @@ def devnet(
     console.print(f"devnet stopped; state written to {state}", highlight=False)
 
 
+@app.command()
+@one_line_errors
+def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories written by kdledger run")) -> None:
+    """One markdown row per run: the weighted-mean accuracies its nodes attested, and its student."""
+    from simulations.report import compare_runs
+
+    print(compare_runs(run_dirs), end="")
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks, each writing markdown and JSON.")
 app.add_typer(bench_app, name="bench")
 

@@ -121,3 +121,40 @@ def render_report(result, rows, metrics, plots=()) -> str:
         f"- whole run: {metrics['wall_seconds']:.1f} s", "",
     ]
     return "\n".join(lines)
+
+
+def compare_runs(run_dirs: list) -> str:
+    """A markdown table of several run directories' weighted-mean accuracies, one row per run.
+
+    Reads only what each run wrote (metrics.json, config.json); the accuracies are the ones the nodes
+    attested on-chain, weighted by the size of each node's test split.
+    """
+    from pathlib import Path
+
+    from node.dfkd import METHODS
+    from simulations.runner import RunFailed
+
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            config = json.loads((run_dir / "config.json").read_text())
+        except (OSError, ValueError):
+            raise RunFailed(f"{run_dir}: no readable metrics.json and config.json (not a kdledger run directory)") from None
+        data, mean = config["data"], metrics["weighted_mean"]
+        split = {"dirichlet": f"dirichlet {data['alpha']}", "pathological": f"{data['classes_per_node']} classes/node"}
+        distill = metrics["distill"]
+        method = distill["method"] + ("" if distill.get("variant") in (None, "default") else f" ({distill['variant']})")
+        defaults = METHODS[distill["method"]].Options().model_dump(mode="json")
+        options = ", ".join(f"{k}={v}" for k, v in sorted(config["distill"]["options"].items())
+                            if defaults.get(k) != v) or "defaults"  # only what differs from the paper's defaults
+        rows.append(
+            f"| `{run_dir.name}` | {data['dataset']} | {split.get(data['partitioner'], data['partitioner'])} "
+            f"| {config['nodes']} | {method} | {options} | "
+            + " | ".join(_pct(mean.get(k)) for k in ("teacher_accuracy", "ensemble_accuracy", "global_accuracy",
+                                                      "fedavg-once_accuracy", "student_accuracy"))
+            + f" | `{short(metrics['student_hash'], 12)}` | {metrics['wall_seconds']:.0f} |")
+    header = ("| run | dataset | partition | nodes | method | options (not default) | own teacher | ensemble | global teacher "
+              "| FedAvg once | student | student hash | wall s |\n"
+              "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---|---:|")
+    return header + "\n" + "\n".join(rows) + "\n"

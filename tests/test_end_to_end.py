@@ -135,3 +135,16 @@ def test_one_shot_teachers_start_from_the_coordinators_common_weights(runs):
     # initialised independently have cosine near 0 here (tens of weights, random signs)
     for other in first_layers[1:]:
         assert torch.nn.functional.cosine_similarity(first_layers[0], other, dim=0) > 0.5
+
+
+def test_compare_tabulates_runs_from_what_they_wrote(runs, tmp_path):
+    done = kdledger("compare", *(str(d) for d, _ in runs))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2 + len(runs)
+    metrics = json.loads((runs[0][0] / "metrics.json").read_text())
+    row = lines[2].split(" | ")
+    assert f"{100 * metrics['weighted_mean']['student_accuracy']:.2f}" in row
+    assert metrics["student_hash"][:12] in lines[2] and metrics["student_hash"][:12] in lines[3]
+    bad = kdledger("compare", str(tmp_path))
+    assert bad.returncode == 1 and "not a kdledger run directory" in bad.stderr and "Traceback" not in bad.stderr
