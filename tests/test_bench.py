@@ -61,3 +61,27 @@ def test_kd_is_refused_in_a_scenario(tmp_path):
     path.write_text("name: kd\ndistill:\n  method: kd\n")
     done = kdledger("run", str(path))
     assert done.returncode == 1 and "benchmarks only" in done.stderr
+
+
+def test_bench_scale_times_each_node_count_and_the_chain_share(tmp_path):
+    import yaml
+
+    from conftest import ROOT
+
+    spec = yaml.safe_load((ROOT / "simulations/scenarios/quickstart.yaml").read_text())
+    spec["teacher"]["epochs"] = 2
+    spec["distill"].update(samples=200, epochs=2)
+    spec["distill"]["options"].update(iterations=5)
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(yaml.safe_dump(spec))
+    done = kdledger("bench", "scale", "--scenario", str(scenario), "--nodes", "2,3", "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "out" / "scale.json").read_text())["rows"]
+    assert [r["nodes"] for r in rows] == [2, 3]
+    for r in rows:
+        assert 0 < r["chain_s"] < r["wall_s"] and r["chain_share"] == r["chain_s"] / r["wall_s"]
+        assert {"identify", "teachers", "distill", "evaluate"} <= set(r["phases"])
+    assert rows[1]["transactions"] > rows[0]["transactions"]  # every node registers and attests
+    assert "| 3 |" in (tmp_path / "out" / "scale.md").read_text()
+    again = kdledger("bench", "scale", "--scenario", str(scenario), "--nodes", "2", "--out", str(tmp_path / "out"))
+    assert again.returncode == 1 and "not empty" in again.stderr
