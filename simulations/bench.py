@@ -176,8 +176,12 @@ def to_markdown(result: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench_scale(scenario_path: Path, counts: list[int], out: Path, progress=lambda *a: None) -> dict:
-    """One scenario at several node counts: wall time per phase and the share spent on chain work."""
+def bench_scale(scenario_path: Path, counts: list[int], out: Path, rpc_url: str | None = None,
+                progress=lambda *a: None) -> dict:
+    """One scenario at several node counts: wall time per phase and the share spent on chain work.
+
+    `rpc_url` runs every count against that chain (e.g. `kdledger devnet`) instead of the scenario's.
+    """
     import math
 
     from simulations.runner import run_scenario
@@ -187,7 +191,10 @@ def bench_scale(scenario_path: Path, counts: list[int], out: Path, progress=lamb
     rows = []
     for n in counts:
         federation = base.federation.model_copy(update={"min_nodes": max(1, math.ceil(0.9 * n))})
-        spec = base.model_copy(update={"name": f"{base.name}-n{n}", "nodes": n, "federation": federation})
+        update = {"name": f"{base.name}-n{n}", "nodes": n, "federation": federation}
+        if rpc_url:
+            update["chain"] = base.chain.model_copy(update={"rpc_url": rpc_url, "registry": None})
+        spec = base.model_copy(update=update)
         spec = type(base).model_validate(spec.model_dump())  # re-validate the changed scenario
         result = run_scenario(spec, out / f"n{n}", progress=progress)
         phases = result.ledger.phase_seconds
@@ -199,7 +206,7 @@ def bench_scale(scenario_path: Path, counts: list[int], out: Path, progress=lamb
             "student_accuracy": weighted_student_accuracy(result),
         })
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(),
-            "scenario": str(scenario_path), "rows": rows}
+            "scenario": str(scenario_path), "chain": rpc_url or base.chain.rpc_url or "embedded py-evm", "rows": rows}
 
 
 def weighted_student_accuracy(result) -> float | None:
@@ -212,7 +219,8 @@ def scale_markdown(result: dict, command: str) -> str:
     rows = result["rows"]
     first = rows[0]
     lines = [
-        f"`{command}`", "", f"{result['date']}, {result['machine']}; scenario {result['scenario']}.", "",
+        f"`{command}`", "", f"{result['date']}, {result['machine']}; scenario {result['scenario']}; "
+        f"chain {result.get('chain', 'embedded py-evm')}.", "",
         "| nodes | wall s | per node s | x first row's per-node time | identify s | teachers s | distill s | evaluate s "
         "| chain s | chain share | transactions | student acc % |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

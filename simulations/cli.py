@@ -374,6 +374,8 @@ def bench_scale_command(
     scenario: Path = typer.Option(Path("simulations/scenarios/scale-100.yaml"), "--scenario"),
     nodes: str = typer.Option("10,30,100", "--nodes", help="comma list of node counts"),
     out: Path = typer.Option(Path("runs/bench-scale"), "--out"),
+    rpc: Optional[str] = typer.Option(None, "--rpc", help="run against this chain (e.g. kdledger devnet's URL) "
+                                                           "instead of the scenario's"),
 ) -> None:
     """One scenario at several node counts: wall time, phases, and the chain's share."""
     import shlex
@@ -387,7 +389,7 @@ def bench_scale_command(
 
         raise RunFailed(f"--out {out}: directory exists and is not empty (nothing is overwritten)")
     out.mkdir(parents=True, exist_ok=True)
-    result = bench_scale(scenario, counts, out)
+    result = bench_scale(scenario, counts, out, rpc_url=rpc)
     command = "kdledger bench scale " + " ".join(shlex.quote(a) for a in sys.argv[3:])
     (out / "scale.json").write_text(json.dumps({**result, "command": command}, indent=1) + "\n")
     (out / "scale.md").write_text(scale_markdown(result, command))

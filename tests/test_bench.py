@@ -85,3 +85,19 @@ def test_bench_scale_times_each_node_count_and_the_chain_share(tmp_path):
     assert "| 3 |" in (tmp_path / "out" / "scale.md").read_text()
     again = kdledger("bench", "scale", "--scenario", str(scenario), "--nodes", "2", "--out", str(tmp_path / "out"))
     assert again.returncode == 1 and "not empty" in again.stderr
+    # the same bench against a devnet: every transaction goes to that chain
+    from web3 import Web3
+
+    from chain.devnet import Devnet
+    from conftest import free_port
+
+    net = Devnet(port=free_port(), state=tmp_path / "state.json").start()
+    try:
+        done = kdledger("bench", "scale", "--scenario", str(scenario), "--nodes", "2", "--rpc", net.rpc_url,
+                        "--out", str(tmp_path / "rpc"))
+        assert done.returncode == 0, done.stderr[-2000:]
+        result = json.loads((tmp_path / "rpc" / "scale.json").read_text())
+        assert result["chain"] == net.rpc_url
+        assert Web3(Web3.HTTPProvider(net.rpc_url)).eth.block_number >= result["rows"][0]["transactions"]
+    finally:
+        net.stop()
