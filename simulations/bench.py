@@ -220,7 +220,7 @@ def scale_markdown(result: dict, command: str) -> str:
     first = rows[0]
     lines = [
         f"`{command}`", "", f"{result['date']}, {result['machine']}; scenario {result['scenario']}; "
-        f"chain {result.get('chain', 'embedded py-evm')}.", "",
+        f"chain {result['chain']}.", "",
         "| nodes | wall s | per node s | x first row's per-node time | identify s | teachers s | distill s | evaluate s "
         "| chain s | chain share | transactions | student acc % |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

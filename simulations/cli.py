@@ -308,6 +308,19 @@ def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories wri
     print(compare_runs(run_dirs), end="")
 
 
+def _bench_command_line(name: str) -> str:
+    """The command as typed, to be written next to its table."""
+    import shlex
+
+    return f"kdledger bench {name} " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+
+
+def _write_table(stem: Path, result: dict, command: str, to_markdown) -> None:
+    """STEM.json (the result and its command) and STEM.md (the table)."""
+    stem.with_suffix(".json").write_text(json.dumps({**result, "command": command}, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(to_markdown(result, command))
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks, each writing markdown and JSON.")
 app.add_typer(bench_app, name="bench")
 
@@ -334,8 +347,6 @@ def bench_dfkd_command(
     cache: Path = typer.Option(Path("runs/bench-cache"), "--cache", help="trained teachers, named by configuration hash"),
 ) -> None:
     """Every DFKD method on one teacher with the same sample count and student budget."""
-    import shlex
-
     from simulations.bench import bench_dfkd, split_methods, to_markdown
 
     specs = split_methods(methods)
@@ -355,11 +366,10 @@ def bench_dfkd_command(
 
         cache.mkdir(parents=True, exist_ok=True)
         out.mkdir(parents=True, exist_ok=True)
-        command = "kdledger bench dfkd " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+        command = _bench_command_line("dfkd")
 
         def write(result: dict) -> None:  # after every method, so a stopped run keeps what it measured
-            (out / "bench.json").write_text(json.dumps({**result, "command": command}, indent=1) + "\n")
-            (out / "bench.md").write_text(to_markdown(result, command))
+            _write_table(out / "bench", result, command, to_markdown)
 
         write(bench_dfkd(dataset=dataset, data_path=data_path, teacher_name=teacher, student_name=student,
                          methods=specs, samples=samples, teacher_epochs=teacher_epochs, student_epochs=student_epochs,
@@ -378,8 +388,6 @@ def bench_scale_command(
                                                            "instead of the scenario's"),
 ) -> None:
     """One scenario at several node counts: wall time, phases, and the chain's share."""
-    import shlex
-
     from simulations.bench import bench_scale, scale_markdown
 
     _quiet_logs(False)
@@ -390,9 +398,7 @@ def bench_scale_command(
         raise RunFailed(f"--out {out}: directory exists and is not empty (nothing is overwritten)")
     out.mkdir(parents=True, exist_ok=True)
     result = bench_scale(scenario, counts, out, rpc_url=rpc)
-    command = "kdledger bench scale " + " ".join(shlex.quote(a) for a in sys.argv[3:])
-    (out / "scale.json").write_text(json.dumps({**result, "command": command}, indent=1) + "\n")
-    (out / "scale.md").write_text(scale_markdown(result, command))
+    _write_table(out / "scale", result, _bench_command_line("scale"), scale_markdown)
     console.print((out / "scale.md").read_text(), highlight=False)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import yaml
 
@@ -129,8 +130,6 @@ def compare_runs(run_dirs: list) -> str:
     Reads only what each run wrote (metrics.json, config.json); the accuracies are the ones the nodes
     attested on-chain, weighted by the size of each node's test split.
     """
-    from pathlib import Path
-
     from node.dfkd import METHODS
     from simulations.runner import RunFailed
 
