@@ -47,7 +47,7 @@ def test_set_overrides_a_scenario_key_before_validation():
     spec = load_scenario("simulations/scenarios/fmnist-oneshot-a0.1.yaml",
                          ["distill.method=softtarget", "distill.options={iterations: 50}", "data.alpha=0.5"])
     assert (spec.distill.method, spec.distill.options, spec.data.alpha) == ("softtarget", {"iterations": 50}, 0.5)
-    assert spec.config_hash != base.config_hash  # the on-chain config hash follows what actually runs
+    assert spec.config_hash() != base.config_hash()  # the on-chain config hash follows what actually runs
     with pytest.raises(ScenarioError, match="expected dotted.key=value"):
         load_scenario("simulations/scenarios/quickstart.yaml", ["distill.method"])
     with pytest.raises(ScenarioError, match="seed is a value, not a section"):
