@@ -113,9 +113,17 @@ def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, 
     return len(text).to_bytes(8, "little") + text + b"".join(chunks)
 
 
-def serialize(model: torch.nn.Module, architecture: str, input_shape, num_classes: int) -> bytes:
-    """Same weights, same bytes, in any process. An Ensemble of `architecture` members is one file too."""
+def serialize(model: torch.nn.Module, architecture: str, input_shape, num_classes: int, *,
+              label_counts: list[int] | None = None) -> bytes:
+    """Same weights, same bytes, in any process. An Ensemble of `architecture` members is one file too.
+
+    A teacher's file can carry the class histogram of the data it was trained on: inside the file,
+    it is covered by the hash its node signs, so the distiller can weigh the teacher per class by
+    what it saw without trusting anyone's word for it.
+    """
     meta = {"architecture": architecture, "input_shape": json.dumps(list(input_shape)), "num_classes": str(num_classes)}
+    if label_counts is not None:
+        meta["label_counts"] = json.dumps([int(c) for c in label_counts])
     if isinstance(model, Ensemble):
         meta |= {"architecture": f"ensemble:{architecture}", "members": str(len(model.members))}
     return canonical_safetensors(model.state_dict(), meta)
@@ -155,10 +163,13 @@ def deserialize(blob: bytes, expected_hash: bytes, *, owner: str = "?") -> Class
     meta = read_metadata(blob)
     shape, classes, arch = tuple(json.loads(meta["input_shape"])), int(meta["num_classes"]), meta["architecture"]
     if arch.startswith("ensemble:"):
-        model = Ensemble([build_model(arch.split(":", 1)[1], shape, classes) for _ in range(int(meta["members"]))])
+        members = [build_model(arch.split(":", 1)[1], shape, classes) for _ in range(int(meta["members"]))]
+        model = Ensemble(members, num_classes=classes)
     else:
         model = build_model(arch, shape, classes)
     model.load_state_dict(st_load(blob), strict=True)
+    if "label_counts" in meta:
+        model.label_counts = [int(c) for c in json.loads(meta["label_counts"])]
     return model.eval()
 
 

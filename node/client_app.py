@@ -23,7 +23,8 @@ from chain.identity import KIND_BY_NAME, Attestation, Domain, Publication, load_
 from node.artifacts import deserialize, seal, serialize, sha256
 from node.config import DataConfig, DistillConfig, FaultConfig, TeacherConfig
 from node.data import Split, node_splits, spec_of
-from node.dfkd import METHODS, InputSpace
+from node.dfkd import InputSpace, method_class
+from node.dfkd.augment import Augment
 from node.models import build_model
 from node.training import accuracy, train_classifier
 
@@ -64,6 +65,11 @@ class DataNode:
         return Domain(chain_id=int(self.task["chain-id"]), contract=str(self.task["contract"]))
 
 
+def label_counts(split: Split, num_classes: int) -> list[int]:
+    """The class histogram of a node's train split: reported when it identifies, and inside its teacher's file."""
+    return np.bincount(split.y.numpy(), minlength=num_classes).tolist()
+
+
 def _reply(msg: Message, **records) -> Message:
     return Message(RecordDict(records), reply_to=msg)
 
@@ -72,9 +78,9 @@ def _reply(msg: Message, **records) -> Message:
 def identify(msg: Message, context: Context) -> Message:
     node = DataNode(msg, context)
     train, test = node.splits
-    histogram = np.bincount(train.y.numpy(), minlength=spec_of(node.data_cfg.dataset).num_classes)
+    histogram = label_counts(train, spec_of(node.data_cfg.dataset).num_classes)
     identity = ConfigRecord({"address": node.account.address, "partition-id": node.partition_id})
-    metrics = MetricRecord({"num-train": len(train), "num-test": len(test), "label-histogram": histogram.tolist()})
+    metrics = MetricRecord({"num-train": len(train), "num-test": len(test), "label-histogram": histogram})
     return _reply(msg, identity=identity, metrics=metrics)
 
 
@@ -102,18 +108,22 @@ def train(msg: Message, context: Context) -> Message:
     model = build_model(cfg.model, spec.input_shape, spec.num_classes)
     if "arrays" in msg.content.array_records:  # start from the coordinator's model (every mode sends one)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    batch_seed = node.seed + node.partition_id + 7919 * round_
+    augment = Augment(2, spec.flip, spec.bounds[0], torch.Generator().manual_seed(batch_seed)) if cfg.augment else None
     loss = train_classifier(model, train_split, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                            seed=node.seed + node.partition_id + 7919 * round_)
+                            seed=batch_seed, augment=augment, cosine=cfg.cosine)
     published = {"teacher": model}
     if round_ == 0:  # one-shot: the method may want more from the data's owner
         proxy_student = build_model(distill.student, spec.input_shape, spec.num_classes)
-        published |= METHODS[distill.method].node_side(
+        published |= method_class(distill.method).node_side(
             model, proxy_student, train_split.x, train_split.y, distill.options, seed=node_seed,
-            space=InputSpace(spec.input_shape, *spec.bounds))
+            space=InputSpace(spec.input_shape, *spec.bounds, flip=spec.flip))
     seal_to = bytes(node.task["seal-to"])  # the distiller's X25519 key when files travel sealed
+    counts = label_counts(train_split, spec.num_classes)
     records, hashes, signatures = {}, [], []
     for i, (kind, published_model) in enumerate(published.items()):
-        blob = serialize(published_model, cfg.model, spec.input_shape, spec.num_classes)
+        blob = serialize(published_model, cfg.model, spec.input_shape, spec.num_classes,
+                         label_counts=counts if kind == "teacher" else None)
         publication = Publication(
             node=node.account.address, model_hash=sha256(blob), kind=KIND_BY_NAME[kind], round=round_,
             run_id=node.task["run-id"], uri=str(node.task["uri"]), nonce=int(node.task["nonce"]) + i,

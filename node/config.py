@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from node.dfkd import DEFAULT_METHOD, StudentLoop
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -30,16 +32,15 @@ class TeacherConfig(Strict):
     epochs: int = Field(20, ge=1, description="local epochs (per round in fedavg mode)")
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
+    augment: bool = Field(False, description="shift every batch by up to 2 pixels (and mirror where the data allows)")
+    cosine: bool = Field(False, description="cosine learning-rate schedule over the epochs (per round in fedavg mode)")
 
 
-class DistillConfig(Strict):
-    method: str = "softtarget"
+class DistillConfig(StudentLoop):
+    """The distiller's work: which method makes the inputs, which student learns, and how (StudentLoop's fields)."""
+
+    method: str = Field(DEFAULT_METHOD, description="a data-free method by name (node/dfkd)")
     student: str = "digits-cnn-half"
-    samples: int = Field(2000, ge=1, description="size of the synthetic transfer set")
-    epochs: int = Field(60, ge=1, description="student epochs over the transfer set")
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(128, ge=1)
-    temperature: float = Field(20.0, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     options: dict = Field(default_factory=dict, description="the method's own settings (see docs/configuration.md)")
 
@@ -51,7 +52,9 @@ class FederationConfig(Strict):
     rounds: int = Field(3, ge=1, description="fedavg rounds")
     strategy: str = Field("FedAvg", description="a strategy of flwr.serverapp.strategy, by name")
     min_nodes: int = Field(1, ge=1, description="the run fails if fewer nodes complete training")
-    ensemble_weights: Literal["samples", "uniform"] = Field("samples", description="one-shot ensemble weighting")
+    ensemble_weights: Literal["samples", "uniform", "label-counts"] = Field(
+        "samples", description="one-shot ensemble: logits weighted per node by its train size, uniformly, or per node "
+                               "and class by the class histogram signed inside each teacher's file")
     evaluate_ensemble: bool | None = Field(None, description="nodes also attest the ensemble (default: 10 nodes or fewer)")
     evaluate_fedavg_once: bool = Field(True, description="one-shot: also attest the teachers' weights averaged once")
     seal_artifacts: bool = Field(False, description="one-shot: nodes encrypt their files for the distiller (X25519, "

@@ -25,6 +25,7 @@ class DatasetSpec:
     input_shape: tuple[int, int, int]
     num_classes: int
     bounds: tuple[float, float] = (-1.0, 1.0)  # inputs are scaled into this range
+    flip: bool = False  # a mirrored example is still an example of its class (clothes, objects; not digits)
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,9 @@ def _svhn(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, DatasetSpec
 SPECS = {
     "digits": DatasetSpec("digits", (1, 8, 8), 10),
     "mnist": DatasetSpec("mnist", (1, 28, 28), 10),
-    "fashion-mnist": DatasetSpec("fashion-mnist", (1, 28, 28), 10),
-    "cifar10": DatasetSpec("cifar10", (3, 32, 32), 10),
-    "cifar100": DatasetSpec("cifar100", (3, 32, 32), 100),
+    "fashion-mnist": DatasetSpec("fashion-mnist", (1, 28, 28), 10, flip=True),
+    "cifar10": DatasetSpec("cifar10", (3, 32, 32), 10, flip=True),
+    "cifar100": DatasetSpec("cifar100", (3, 32, 32), 100, flip=True),
     "svhn": DatasetSpec("svhn", (3, 32, 32), 10),
 }
 # Datasets read from a local folder, with the folder used when data.path is not given.

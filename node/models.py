@@ -24,6 +24,9 @@ def register_model(name: str):
 
 
 class Classifier(nn.Module):
+    """A teacher or student. Data-free methods see a teacher only through `forward`,
+    `logits_and_features` and `classifier_weight`, which an `Ensemble` of classifiers offers too."""
+
     features: nn.Module
     fc_penult: nn.Module  # nn.Identity where the network has a single FC layer (ResNets, WRN)
     head: nn.Module
@@ -31,18 +34,29 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_penult(self.features(x)))
 
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and the flattened output of the last conv layer (DAFL's and paper 003's activations)."""
+        features = self.features(x)
+        return self.head(self.fc_penult(features)), features
+
+    def classifier_weight(self) -> torch.Tensor:
+        """The last layer's weight rows, one per class (ZSKD's and GenKD's class similarities)."""
+        return self.head[-1].weight
+
 
 class SmallCNN(Classifier):
-    """Two 3x3 conv layers, a max-pool and two FC layers: sized for 8x8 digits."""
+    """Two 3x3 conv layers, a max-pool and two FC layers: sized for 8x8 digits; `bn` adds batch norm
+    after each conv (what BN-statistics inversion needs)."""
 
-    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: int, hidden: int):
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: int, hidden: int,
+                 bn: bool = False):
         super().__init__()
         channels, height, width_px = input_shape
-        self.features = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Flatten(),
-        )
+
+        def conv(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, padding=1)] + ([nn.BatchNorm2d(cout)] if bn else []) + [nn.ReLU()]
+
+        self.features = nn.Sequential(*conv(channels, width), *conv(width, 2 * width), nn.MaxPool2d(2), nn.Flatten())
         self.fc_penult = nn.Linear(2 * width * (height // 2) * (width_px // 2), hidden)
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(hidden, num_classes))
 
@@ -55,6 +69,16 @@ def digits_cnn(input_shape, num_classes):
 @register_model("digits-cnn-half")
 def digits_cnn_half(input_shape, num_classes):
     return SmallCNN(input_shape, num_classes, width=8, hidden=64)
+
+
+@register_model("digits-cnn-bn")
+def digits_cnn_bn(input_shape, num_classes):
+    return SmallCNN(input_shape, num_classes, width=16, hidden=128, bn=True)
+
+
+@register_model("digits-cnn-half-bn")
+def digits_cnn_half_bn(input_shape, num_classes):
+    return SmallCNN(input_shape, num_classes, width=8, hidden=64, bn=True)
 
 
 class LeNet5(Classifier):
@@ -193,13 +217,33 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) 
 
 
 class Ensemble(nn.Module):
-    """The averaged logits of several teachers (weighted, e.g. by their nodes' sample counts)."""
+    """The weighted mean of several teachers' logits, with one weight per member and class.
 
-    def __init__(self, members: list[nn.Module], weights: list[float] | None = None):
+    `weights` is one number per member (e.g. its node's sample count: the same for every class) or
+    a members x classes matrix (e.g. each node's label counts, so that for class c the members that
+    saw c speak for it). Each class's column is normalised to sum to one.
+    """
+
+    def __init__(self, members: list[nn.Module], weights=None, *, num_classes: int | None = None):
         super().__init__()
         self.members = nn.ModuleList(members)
-        w = torch.tensor(weights if weights is not None else [1.0] * len(members), dtype=torch.float32)
-        self.register_buffer("weights", w / w.sum())
+        w = torch.as_tensor(weights if weights is not None else [1.0] * len(members), dtype=torch.float32)
+        if w.dim() == 1:
+            classes = num_classes or int(members[0].classifier_weight().shape[0])
+            w = w[:, None].expand(len(members), classes)
+        if w.shape[0] != len(members) or (w < 0).any():
+            raise ValueError(f"ensemble weights: expected non-negative weights for {len(members)} members, got {tuple(w.shape)}")
+        self.register_buffer("weights", w / w.sum(0, keepdim=True).clamp_min(1e-12))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sum(w * m(x) for w, m in zip(self.weights, self.members))
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ensemble's logits and every member's features side by side."""
+        outputs = [m.logits_and_features(x) for m in self.members]
+        logits = sum(w * out[0] for w, out in zip(self.weights, outputs))
+        return logits, torch.cat([out[1] for out in outputs], dim=1)
+
+    def classifier_weight(self) -> torch.Tensor:
+        """The members' last-layer rows, averaged (a class's similarity to the others, as the ensemble sees it)."""
+        return torch.stack([m.classifier_weight() for m in self.members]).mean(0)

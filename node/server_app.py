@@ -139,12 +139,13 @@ class Coordinator:
     def _spec(self):
         return spec_of(self.data.dataset)
 
-    def _canonical(self, state: dict) -> tuple[bytes, bytes]:
-        """The canonical file of a teacher-architecture state dict, and its hash."""
+    def _canonical(self, state: dict, label_counts: list[int] | None = None) -> tuple[bytes, bytes]:
+        """The canonical file of a teacher-architecture state dict (a teacher's with the class histogram its
+        node reported), and its hash: it only matches what the node signed if the node reported truly."""
         spec = self._spec()
         model = build_model(self.teacher.model, spec.input_shape, spec.num_classes)
         model.load_state_dict(state)
-        blob = serialize(model, self.teacher.model, spec.input_shape, spec.num_classes)
+        blob = serialize(model, self.teacher.model, spec.input_shape, spec.num_classes, label_counts=label_counts)
         return blob, sha256(blob)
 
     # -- phases ------------------------------------------------------------------------------
@@ -196,7 +197,8 @@ class Coordinator:
                         actual = bytes(model_hash)
                         self.store.put_sealed(actual, array_to_blob(arrays["sealed"]))
                     else:
-                        blob, actual = self._canonical(arrays.to_torch_state_dict())
+                        counts = record.label_histogram if kind == "teacher" else None
+                        blob, actual = self._canonical(arrays.to_torch_state_dict(), counts)
                         if actual != bytes(model_hash):
                             raise RegistryError("SignedHashMismatch", (bytes(model_hash), actual))
                         self.store.put(blob)
@@ -238,6 +240,16 @@ class Coordinator:
         self.ledger.aggregates[name] = model_hash
         return model_hash
 
+    def ensemble_weights(self, teachers: list[torch.nn.Module]) -> list:
+        """Per node (its train size, or uniform), or per node and class: the class histogram inside each verified
+        teacher file, so that for every class the nodes that saw it speak for it."""
+        mode = self.federation.ensemble_weights
+        if mode == "label-counts":
+            return [list(t.label_counts) for t in teachers]
+        if mode == "samples":
+            return [float(sum(t.label_counts)) for t in teachers]
+        return [1.0] * len(teachers)
+
     def initial_model(self) -> torch.nn.Module:
         """The common starting point every node's teacher trains from (the scenario's seed)."""
         spec = self._spec()
@@ -251,7 +263,7 @@ class Coordinator:
         teachers = [self.store.load(r.teacher_hash, owner=f"node {r.address}") for r, _ in accepted]
         counts = [float(r.num_train) for r, _ in accepted]
         hashes, examples = [r.teacher_hash for r, _ in accepted], int(sum(counts))
-        weights = counts if self.federation.ensemble_weights == "samples" else [1.0] * len(counts)
+        weights = self.ensemble_weights(teachers)
         evaluate_ensemble = self.federation.evaluate_ensemble
         if evaluate_ensemble if evaluate_ensemble is not None else len(accepted) <= 10:
             self._register_aggregate("ensemble", Ensemble(teachers, weights), 0, hashes, "ensemble", examples)
@@ -284,7 +296,7 @@ class Coordinator:
         if self.federation.mode == "fedavg":  # one global teacher, owned by the coordinator
             sources = [self.ledger.aggregates["global"]]
             loaded = [{"teacher": self.store.load(sources[0], owner="the coordinator's aggregate")}]
-            weights = [1.0]
+            weights = shares = [1.0]
         else:
             nodes = [r for r in self.active if r.teacher_hash is not None]
             if not nodes:
@@ -297,10 +309,10 @@ class Coordinator:
             loaded = [{kind: self.store.load(h, owner=f"node {r.address}") for kind, h in r.published.items()}
                       for r in nodes]
             sources = [h for r in nodes for h in r.published.values()]
-            counts = [float(r.num_train) for r in nodes]
-            weights = counts if self.federation.ensemble_weights == "samples" else [1.0] * len(counts)
+            weights = self.ensemble_weights([m["teacher"] for m in loaded])
+            shares = [float(r.num_train) for r in nodes]
         blob, result, variant = distill_student(
-            loaded, weights, self.distill, self._spec(), seed=self.seed,
+            loaded, weights, shares, self.distill, self._spec(), seed=self.seed,
             progress=lambda stage, done, total: self.progress(f"distill:{stage}", done, total),
         )
         # the configuration as run, facts included (which variant ran), is what the chain's hash covers
@@ -316,8 +328,9 @@ class Coordinator:
         self.ledger.student_hash = student_hash
         self.ledger.distill = {
             "method": self.distill.method, "variant": variant, "samples": len(result.transfer),
-            "synthesis_s": result.synthesis_s, "training_s": result.training_s, "losses": result.losses,
-            "student_steps": result.student_steps, "device": str(next(result.student.parameters()).device),
+            "synthesis_s": result.synthesis_s, "training_s": result.training_s, "cpu_s": result.cpu_s,
+            "losses": result.losses, "student_steps": result.student_steps, "class_counts": result.class_counts,
+            "device": str(next(result.student.parameters()).device),
             "config_hash": "0x" + config_hash.hex(),
         }
         self.transfer = result.transfer

@@ -12,35 +12,52 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import yaml
+from pydantic import ValidationError
 
 from node.artifacts import ArtifactStore, serialize
 from node.config import DataConfig
-from node.data import Split, load_dataset
-from node.dfkd import METHODS, InputSpace, MethodError, build_synthesizer, distill, resolve_device
+from node.data import Split, load_dataset, spec_of
+from node.dfkd import METHODS, InputSpace, MethodError, StudentLoop, build_synthesizer, distill, method_class, resolve_device
 from node.models import build_model
 from node.training import accuracy, train_classifier
+from simulations.plots import sample_grid
 
 
 @dataclass
 class BenchRow:
     method: str
     options: dict
-    samples: int
-    node_s: float
+    budget_min: float | None  # wall-clock budget of the distillation, None: the fixed steps and samples
+    seeds: list[int]
+    accuracies: list[float]  # one per seed
+    samples: int  # synthetic inputs made (seed mean)
+    student_steps: int
+    node_s: float  # seed means of the times below
     synthesis_s: float
     training_s: float
-    student_accuracy: float
-    student_steps: int = 0
-    gap_to_kd: float | None = None
+    wall_s: float  # node-side + synthesis + training
+    cpu_s: float  # process CPU seconds of the same (all threads)
     variant: str = ""
+    class_skew: float = 0.0  # most / least frequent teacher class in the bank
+    curve: list[dict] = field(default_factory=list)  # the first seed's accuracy at the checkpoints
+    gap_to_kd: float | None = None
+
+    @property
+    def accuracy(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def spread(self) -> float:
+        return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
 
 
 def split_methods(text: str) -> list[str]:
@@ -70,8 +87,23 @@ def parse_method(spec: str) -> tuple[str, dict]:
         options[key.strip()] = yaml.safe_load(value)
     if name not in METHODS:
         raise MethodError(f"--methods: unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
-    METHODS[name].Options(**options)  # unknown or ill-typed options fail before any training
+    METHODS[name].parse_options(options)  # unknown or ill-typed options fail before any training
     return name, options
+
+
+def student_loop(settings: list[str]) -> StudentLoop:
+    """--loop key=value pieces (values read as YAML) -> the validated student loop; errors name the key."""
+    values = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MethodError(f"--loop {item!r}: expected key=value")
+        values[key.strip()] = yaml.safe_load(value)
+    try:
+        return StudentLoop(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise MethodError(f"--loop {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
 def machine() -> str:
@@ -100,79 +132,142 @@ def cached_teacher(data: DataConfig, name: str, epochs: int, seed: int, train: S
     return model.to(device)
 
 
-def bench_dfkd(
-    *, dataset: str, data_path: Path | None, teacher_name: str, student_name: str, methods: list[str], samples: int,
-    teacher_epochs: int, student_epochs: int, lr: float, batch_size: int, temperature: float, seed: int,
-    device: str, cache: Path, progress: Callable[[str, int, int], None] = lambda *a: None,
-    on_row: Callable[[dict], None] = lambda result: None,
-) -> dict:
-    """Run every method; `on_row` gets the table so far after each one, so a stopped run keeps its rows."""
-    parsed = [parse_method(m) for m in methods]
-    torch.manual_seed(seed)
-    data = DataConfig(dataset=dataset, path=data_path)
-    x_train, y_train, spec = load_dataset(data, "train")
-    x_test, y_test, _ = load_dataset(data, "test") if dataset != "digits" else (None, None, None)
-    if x_test is None:  # digits has no official split: hold out a fixed fifth
+def bench_splits(data: DataConfig, evaluate_on: str) -> tuple[Split, Split]:
+    """The training images and the images students are scored on.
+
+    `test`: the dataset's test split (what BENCHMARKS.md reports). `validation`: the last 10 000 training
+    images (or a fifth of digits), for choosing settings without ever looking at the test split; the
+    teacher has seen them, so validation accuracy is for comparing settings, not for reporting.
+    """
+    x_train, y_train, _ = load_dataset(data, "train")
+    if data.dataset == "digits":  # no official split: hold out a fixed fifth as its test split
         order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(12345)).numpy()
         cut = len(order) // 5
         x_test, y_test, x_train, y_train = x_train[order[:cut]], y_train[order[:cut]], x_train[order[cut:]], y_train[order[cut:]]
-    train, test = Split(torch.from_numpy(x_train), torch.from_numpy(y_train)), Split(torch.from_numpy(x_test), torch.from_numpy(y_test))
+    else:
+        x_test, y_test, _ = load_dataset(data, "test")
+    train = Split(torch.from_numpy(x_train), torch.from_numpy(y_train))
+    if evaluate_on == "validation":
+        held = min(10_000, len(train) // 5)
+        return train, Split(train.x[-held:], train.y[-held:])
+    return train, Split(torch.from_numpy(x_test), torch.from_numpy(y_test))
+
+
+def bench_dfkd(
+    *, dataset: str, data_path: Path | None, teacher_name: str, student_name: str, methods: list[str],
+    loop: StudentLoop, teacher_epochs: int, seeds: list[int], minutes: list[float | None], device: str, cache: Path,
+    evaluate_on: str = "test", checkpoints: list[float] = (), samples_dir: Path | None = None,
+    progress: Callable[[str, int, int], None] = lambda *a: None, on_row: Callable[[dict], None] = lambda result: None,
+) -> dict:
+    """Every method at every budget and seed; `on_row` gets the table so far after each row, so a stopped run
+    keeps its rows. `minutes` None means the loop's fixed samples and steps; a number, that wall-clock budget."""
+    parsed = [parse_method(m) for m in methods]
+    data = DataConfig(dataset=dataset, path=data_path)
+    spec = spec_of(dataset)
+    train, test = bench_splits(data, evaluate_on)
     dev = resolve_device(device)
-    teacher = cached_teacher(data, teacher_name, teacher_epochs, seed, train, cache, dev, progress).eval()
+    teacher = cached_teacher(data, teacher_name, teacher_epochs, seeds[0], train, cache, dev, progress).eval()
     teacher_acc = accuracy(teacher.cpu(), test)
     teacher.to(dev)
-    space = InputSpace(spec.input_shape, *spec.bounds)
+    space = InputSpace(spec.input_shape, *spec.bounds, flip=spec.flip)
+
     def summarise(rows: list[BenchRow], pending: int) -> dict:
-        kd = next((r.student_accuracy for r in rows if r.method == "kd"), None)
+        kd = {r.budget_min: r.accuracy for r in rows if r.method == "kd"}
         for r in rows:
-            r.gap_to_kd = None if kd is None else kd - r.student_accuracy
+            r.gap_to_kd = None if r.budget_min not in kd else kd[r.budget_min] - r.accuracy
         return {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(), "device": str(dev),
             "dataset": dataset, "teacher": teacher_name, "student": student_name, "teacher_accuracy": teacher_acc,
-            "samples": samples, "teacher_epochs": teacher_epochs, "student_epochs": student_epochs, "lr": lr,
-            "batch_size": batch_size, "temperature": temperature, "seed": seed, "train_size": len(train),
-            "test_size": len(test), "rows": [asdict(r) for r in rows], "pending_methods": pending,
-            "note": "student steps count the optimizer steps an online method (genkd) gave the student while generating",
+            "teacher_epochs": teacher_epochs, "loop": loop.model_dump(), "seeds": seeds, "evaluated_on": evaluate_on,
+            "train_size": len(train), "test_size": len(test), "pending_rows": pending,
+            "rows": [{**asdict(r), "accuracy": r.accuracy, "spread": r.spread} for r in rows],
         }
 
     rows: list[BenchRow] = []
-    for name, options in parsed:
-        label = name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options else "")
-        torch.manual_seed(seed)
-        student = build_model(student_name, spec.input_shape, spec.num_classes).to(dev)
-        syn = build_synthesizer(name, teacher, student, space, options, samples=samples, seed=seed, device=dev)
-        t0 = time.perf_counter()
-        node_models = METHODS[name].node_side(
-            teacher, build_model(student_name, spec.input_shape, spec.num_classes).to(dev), train.x.to(dev),
-            train.y.to(dev), options, seed=seed, space=space)
-        node_s = time.perf_counter() - t0
-        variant = syn.use_node_models([node_models])
-        if name == "kd":
-            syn.use_real_data(train.x)
-        result = distill(syn, epochs=student_epochs, lr=lr, batch_size=batch_size, temperature=temperature, seed=seed,
-                         progress=lambda stage, done, total, label=label: progress(f"{label} {stage}", done, total))
-        rows.append(BenchRow(label, options, len(result.transfer), node_s, result.synthesis_s, result.training_s,
-                             accuracy(result.student.cpu(), test), result.student_steps, variant=variant))
-        on_row(summarise(rows, pending=len(parsed) - len(rows)))
+    total = len(parsed) * len(minutes)
+    for budget in minutes:
+        for name, options in parsed:
+            label = name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options else "")
+            runs = []
+            for seed in seeds:
+                runs.append(_one_run(name, options, label, teacher, train, test, spec, space, student_name, loop,
+                                     seed, budget, dev, checkpoints, progress))
+                if samples_dir is not None and seed == seeds[0]:
+                    samples_dir.mkdir(parents=True, exist_ok=True)
+                    sample_grid(runs[0]["transfer"], samples_dir / f"{_slug(label)}.png", low=space.low,
+                                high=space.high)
+            mean = lambda key: statistics.fmean(r[key] for r in runs)  # noqa: E731
+            counts = [c for c in runs[0]["class_counts"] if c] or [1]
+            rows.append(BenchRow(
+                label, options, budget, seeds, [r["accuracy"] for r in runs], round(mean("samples")),
+                round(mean("steps")), mean("node_s"), mean("synthesis_s"), mean("training_s"), mean("wall_s"),
+                mean("cpu_s"), runs[0]["variant"], max(counts) / min(counts), runs[0]["curve"]))
+            on_row(summarise(rows, pending=total - len(rows)))
     return summarise(rows, pending=0)
 
 
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:120]
+
+
+def _one_run(name, options, label, teacher, train: Split, test: Split, spec, space, student_name, loop, seed, budget,
+             dev, checkpoints, progress) -> dict:
+    torch.manual_seed(seed)
+    student = build_model(student_name, spec.input_shape, spec.num_classes).to(dev)
+    syn = build_synthesizer(name, teacher, student, space, options, seed=seed, device=dev)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    node_models = method_class(name).node_side(
+        teacher, build_model(student_name, spec.input_shape, spec.num_classes).to(dev), train.x.to(dev),
+        train.y.to(dev), options, seed=seed, space=space)
+    node_s, node_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    variant = syn.use_node_models([node_models], [1.0])
+    if name == "kd":
+        syn.use_real_data(train.x)
+    tag = label + (f" {budget:g}min" if budget else "") + f" s{seed}"
+    result = distill(syn, loop, seed=seed, budget_s=None if budget is None else 60 * budget,
+                     progress=lambda stage, done, total: progress(f"{tag} {stage}", done, total),
+                     checkpoints=[60 * c for c in checkpoints], evaluate=lambda model: accuracy(model, test))
+    final = result.curve[-1]["accuracy"]  # the loop scores the returned student at its end
+    return {"accuracy": final, "samples": len(result.transfer), "steps": result.student_steps, "node_s": node_s,
+            "synthesis_s": result.synthesis_s, "training_s": result.training_s,
+            "wall_s": node_s + result.synthesis_s + result.training_s, "cpu_s": node_cpu + result.cpu_s,
+            "variant": variant, "class_counts": result.class_counts, "curve": result.curve, "transfer": result.transfer}
+
+
 def to_markdown(result: dict, command: str) -> str:
+    loop = result["loop"]
+    seeds = result["seeds"]
     lines = [
         f"`{command}`", "",
         f"{result['date']}, {result['machine']}, device {result['device']}. {result['dataset']}: teacher "
-        f"{result['teacher']} ({result['teacher_epochs']} epochs, test accuracy {100 * result['teacher_accuracy']:.2f}%), "
-        f"student {result['student']}; every method {result['samples']} synthetic samples and {result['student_epochs']} "
-        f"student epochs (Adam {result['lr']}, batch {result['batch_size']}, T {result['temperature']}), seed {result['seed']}; "
-        f"accuracy on the {result['test_size']} test images."
-        + (f" **Partial: {result['pending_methods']} method(s) still to run.**" if result.get("pending_methods") else ""), "",
-        "| method | samples | node-side s | synthesis s | student train s | student steps | student acc % | gap to kd (points) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"{result['teacher']} ({result['teacher_epochs']} epochs, {100 * result['teacher_accuracy']:.2f}% on the "
+        f"{result['evaluated_on']} images), student {result['student']}. Student loop: up to {loop['samples']} "
+        f"synthetic samples and {loop['steps']} SGD steps (lr {loop['lr']}, batch {loop['batch_size']}, T "
+        f"{loop['temperature']}, augment {loop['augment']}, balanced {loop['balanced']}, EMA {loop['ema']}); "
+        f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; accuracy on the {result['test_size']} "
+        f"{result['evaluated_on']} images" + (" (mean and population standard deviation over the seeds)" if len(seeds) > 1 else "")
+        + "." + (f" **Partial: {result['pending_rows']} row(s) still to run.**" if result.get("pending_rows") else ""),
+        "",
+        "| method | budget | samples | student steps | node-side s | synthesis s | student s | wall s | CPU s "
+        "| class skew | student acc % | gap to kd |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         gap = "-" if r["gap_to_kd"] is None else f"{100 * r['gap_to_kd']:.2f}"
-        lines.append(f"| `{r['method']}` | {r['samples']} | {r['node_s']:.1f} | {r['synthesis_s']:.1f} | "
-                     f"{r['training_s']:.1f} | {r['student_steps']} | {100 * r['student_accuracy']:.2f} | {gap} |")
+        budget = "steps" if r["budget_min"] is None else f"{r['budget_min']:g} min"
+        acc = f"{100 * r['accuracy']:.2f}" + (f" ± {100 * r['spread']:.2f}" if len(r["accuracies"]) > 1 else "")
+        lines.append(f"| `{r['method']}` | {budget} | {r['samples']} | {r['student_steps']} | {r['node_s']:.1f} | "
+                     f"{r['synthesis_s']:.1f} | {r['training_s']:.1f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+                     f"{r['class_skew']:.2f} | {acc} | {gap} |")
+    curves = [r for r in result["rows"] if len(r["curve"]) > 1]
+    if curves:
+        lines += ["", "Accuracy along the way (first seed; the schedule anneals to the run's own end):", "",
+                  "| method | budget | minutes | CPU s | steps | samples | acc % |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in curves:
+            budget = "steps" if r["budget_min"] is None else f"{r['budget_min']:g} min"
+            for c in r["curve"]:
+                lines.append(f"| `{r['method']}` | {budget} | {c['seconds'] / 60:.2f} | {c['cpu_s']:.0f} | {c['steps']} | "
+                             f"{c['samples']} | {100 * c['accuracy']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

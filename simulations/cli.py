@@ -16,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated, blockchain-anchored data-free distillation.")
-console = Console()
+# Rich wraps at 80 columns when output is not a terminal; a table piped to a file or a script stays whole.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -332,30 +333,38 @@ def bench_dfkd_command(
     data_path: Optional[Path] = typer.Option(None, "--data-path", help="folder of the dataset's files"),
     teacher: str = typer.Option("lenet5-bn", "--teacher"),
     student: str = typer.Option("lenet5-half-bn", "--student"),
-    methods: str = typer.Option("noise,softtarget,genkd,kd", "--methods",
+    methods: str = typer.Option("noise,fast,kd", "--methods",
                                 help="comma list of methods, each with options after ':', e.g. "
                                      "'noise,genkd:k=10,conditional=false,kd'"),
-    samples: int = typer.Option(6000, "--samples", help="synthetic samples for every method"),
+    loop_settings: list[str] = typer.Option([], "--loop", help="a student-loop setting for every method, e.g. "
+                                            "--loop samples=6000 --loop steps=3000 (repeatable; see "
+                                            "docs/configuration.md, distill)"),
     teacher_epochs: int = typer.Option(5, "--teacher-epochs"),
-    student_epochs: int = typer.Option(30, "--student-epochs"),
-    lr: float = typer.Option(1e-3, "--lr"),
-    batch_size: int = typer.Option(128, "--batch-size"),
-    temperature: float = typer.Option(4.0, "--temperature"),
-    seed: int = typer.Option(0, "--seed"),
+    seeds: str = typer.Option("0", "--seeds", help="comma list; rows report the mean and spread over them"),
+    minutes: str = typer.Option("", "--minutes", help="comma list of wall-clock budgets: every method runs once per "
+                                "budget (its schedule follows the clock); empty: the loop's fixed samples and steps"),
+    checkpoints: str = typer.Option("", "--checkpoints", help="comma list of minutes at which to also score the "
+                                    "student along the way (first seed)"),
+    evaluate_on: str = typer.Option("test", "--evaluate-on", help="test, or validation (the last 10 000 training "
+                                    "images: for choosing settings without the test split)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
-    out: Path = typer.Option(Path("runs/bench-dfkd"), "--out", help="where bench.md and bench.json go"),
+    out: Path = typer.Option(Path("runs/bench-dfkd"), "--out", help="where bench.md, bench.json and samples/ go"),
     cache: Path = typer.Option(Path("runs/bench-cache"), "--cache", help="trained teachers, named by configuration hash"),
 ) -> None:
-    """Every DFKD method on one teacher with the same sample count and student budget."""
-    from simulations.bench import bench_dfkd, split_methods, to_markdown
+    """Every DFKD method on one teacher, with the same student loop and budget, at one or more seeds."""
+    from simulations.bench import bench_dfkd, split_methods, student_loop, to_markdown
 
     specs = split_methods(methods)
+    loop = student_loop(loop_settings)
+    if evaluate_on not in ("test", "validation"):
+        raise typer.BadParameter("--evaluate-on: test or validation")
     if (out / "bench.json").exists():
         from simulations.runner import RunFailed
 
         raise RunFailed(f"--out {out}: holds an earlier bench.json (nothing is overwritten; pick another --out)")
+    numbers = lambda text: [float(m) for m in text.split(",") if m.strip()]  # noqa: E731
     _quiet_logs(False)
-    columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console) as bar:
         tasks: dict[str, int] = {}
 
@@ -368,14 +377,15 @@ def bench_dfkd_command(
         out.mkdir(parents=True, exist_ok=True)
         command = _bench_command_line("dfkd")
 
-        def write(result: dict) -> None:  # after every method, so a stopped run keeps what it measured
+        def write(result: dict) -> None:  # after every row, so a stopped run keeps what it measured
             _write_table(out / "bench", result, command, to_markdown)
 
         write(bench_dfkd(dataset=dataset, data_path=data_path, teacher_name=teacher, student_name=student,
-                         methods=specs, samples=samples, teacher_epochs=teacher_epochs, student_epochs=student_epochs,
-                         lr=lr, batch_size=batch_size, temperature=temperature, seed=seed, device=device,
-                         cache=cache, progress=progress, on_row=write))
-    console.print((out / "bench.md").read_text(), highlight=False)
+                         methods=specs, loop=loop, teacher_epochs=teacher_epochs,
+                         seeds=[int(x) for x in numbers(seeds)] or [0], minutes=numbers(minutes) or [None],
+                         device=device, cache=cache, evaluate_on=evaluate_on, checkpoints=numbers(checkpoints),
+                         samples_dir=out / "samples", progress=progress, on_row=write))
+    console.print((out / "bench.md").read_text(), highlight=False, soft_wrap=True)
 
 
 @bench_app.command("scale")
@@ -399,7 +409,7 @@ def bench_scale_command(
     out.mkdir(parents=True, exist_ok=True)
     result = bench_scale(scenario, counts, out, rpc_url=rpc)
     _write_table(out / "scale", result, _bench_command_line("scale"), scale_markdown)
-    console.print((out / "scale.md").read_text(), highlight=False)
+    console.print((out / "scale.md").read_text(), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

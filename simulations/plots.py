@@ -48,7 +48,8 @@ def label_histogram(rows: list[dict], path: Path) -> None:
 
 
 def sample_grid(transfer, path: Path, n: int = 64, low: float = -1.0, high: float = 1.0) -> None:
-    x = np.asarray(transfer[:n], dtype=np.float32)
+    """The last n synthetic inputs (what the synthesiser made at the end of the run)."""
+    x = np.asarray(transfer[-n:], dtype=np.float32)
     x = np.clip((x - low) / (high - low), 0, 1)
     side = int(np.ceil(np.sqrt(len(x))))
     fig, axes = plt.subplots(side, side, figsize=(side * 0.8, side * 0.8))
@@ -56,7 +57,7 @@ def sample_grid(transfer, path: Path, n: int = 64, low: float = -1.0, high: floa
         ax.axis("off")
         if img is not None:
             ax.imshow(img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0)), cmap="gray", vmin=0, vmax=1)
-    fig.suptitle("Synthetic transfer samples (first 64)", fontsize=9)
+    fig.suptitle(f"The last {len(x)} of {len(transfer)} synthetic samples", fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -64,7 +65,7 @@ def sample_grid(transfer, path: Path, n: int = 64, low: float = -1.0, high: floa
 def distillation_curve(losses: list[float], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(np.arange(1, len(losses) + 1), losses)
-    ax.set_xlabel("student epoch over the transfer set")
+    ax.set_xlabel("synthesis round (the student's steps after each batch)")
     ax.set_ylabel("KD loss")
     ax.set_title("Distillation")
     fig.tight_layout()

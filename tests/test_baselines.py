@@ -1,19 +1,17 @@
 """What makes each baseline that method, on tiny models."""
 
 import copy
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from node.dfkd import InputSpace, MethodError, build_synthesizer
+from node.dfkd.criterions import js_divergence, minkowski_loss
 from node.dfkd.dafl import dafl_losses
-from node.dfkd.deepinversion import BNStatistics
 from node.dfkd.generator import Generator
-from node.dfkd.minkowski import minkowski_loss
 from node.dfkd.zskd import dirichlet_concentration
-from node.models import build_model
+from node.models import Ensemble, build_model
 
 CPU = torch.device("cpu")
 SHAPE = (1, 28, 28)
@@ -25,8 +23,8 @@ def lenets(bn=True, seed=0):
     return build_model("lenet5" + suffix, SHAPE, 10).eval(), build_model("lenet5-half" + suffix, SHAPE, 10).eval()
 
 
-def make(method, teacher, student, options, samples=16):
-    return build_synthesizer(method, teacher, student, InputSpace(SHAPE), options, samples=samples, seed=0, device=CPU)
+def make(method, teacher, student, options):
+    return build_synthesizer(method, teacher, student, InputSpace(SHAPE), options, seed=0, device=CPU)
 
 
 def test_minkowski_p1_is_mae_and_the_raw_distance_is_c_times_mae():
@@ -60,35 +58,11 @@ def test_minkowski_generator_objective_contains_the_student():
 def test_adi_competition_term_depends_on_the_student():
     teacher, student = lenets()
     x = torch.randn(4, *SHAPE)
-    from node.dfkd.deepinversion import js_divergence
-
     other = build_model("lenet5-half-bn", SHAPE, 10).eval()
     a = js_divergence(teacher(x), student(x), 3.0)
     b = js_divergence(teacher(x), other(x), 3.0)
     assert a != b and a >= 0
     assert js_divergence(teacher(x), teacher(x), 3.0).abs() < 1e-6
-
-
-def test_bn_statistics_loss_falls_as_inputs_are_optimised():
-    teacher, _ = lenets()
-    with torch.no_grad():  # give the BN layers running statistics that are not the defaults
-        teacher.train()
-        for _ in range(20):
-            teacher(torch.rand(64, *SHAPE) * 0.5)
-        teacher.eval()
-    stats = BNStatistics(teacher)
-    x = (torch.rand(32, *SHAPE) * 2 - 1).requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=0.05)
-    losses = []
-    for _ in range(100):
-        teacher(x)
-        loss = stats.take()
-        losses.append(loss.item())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    stats.remove()
-    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_deepinversion_refuses_a_teacher_without_batch_norm():
@@ -99,8 +73,8 @@ def test_deepinversion_refuses_a_teacher_without_batch_norm():
 
 def test_zskd_labels_follow_the_similarity_rows():
     teacher, student = lenets()
-    syn = make("zskd", teacher, student, {"betas": [1.0]}, samples=10 * 400)
-    labels = syn.targets(10 * 400)
+    syn = make("zskd", teacher, student, {"betas": [1.0]})
+    labels = torch.cat([syn.targets(500) for _ in range(20)])  # drawn across steps: classes keep taking turns
     alpha = dirichlet_concentration(teacher.head[-1].weight, 1.0)
     for k in range(10):
         mean = labels[k::10].mean(0)  # class k's draws: the Dirichlet mean is alpha_k / sum(alpha_k)
@@ -108,7 +82,7 @@ def test_zskd_labels_follow_the_similarity_rows():
         assert mean.argmax() == k
 
 
-def test_dafl_losses():
+def test_dafl_losses_as_the_reference_has_them_and_on_an_ensemble():
     teacher, _ = lenets()
     x = torch.randn(16, *SHAPE, requires_grad=True)
     one_hot, activation, info = dafl_losses(teacher, x)
@@ -116,18 +90,17 @@ def test_dafl_losses():
     assert torch.allclose(one_hot, F.cross_entropy(logits, logits.argmax(1)))
     assert activation <= 0
     mean = F.softmax(logits, 1).mean(0)
-    assert torch.allclose(info, (mean * mean.log()).sum(), atol=1e-6)
-    assert info >= -math.log(10) - 1e-6  # -H(mean) is smallest for balanced classes
+    assert torch.allclose(info, (mean * mean.log10()).sum(), atol=1e-6)  # log base 10, as DAFL's code
+    assert info >= -1 - 1e-6  # -H(mean) is smallest for balanced classes: -log10(10)
     (one_hot + activation + info).backward()
     assert x.grad.abs().sum() > 0
+    ensemble = Ensemble([teacher, lenets(seed=1)[0]])
+    one_hot, activation, info = dafl_losses(ensemble, x)  # no crash: the ensemble offers the same interface
+    assert torch.allclose(one_hot, F.cross_entropy(ensemble(x), ensemble(x).argmax(1)))
 
 
-@pytest.mark.parametrize("method, options", [
-    ("zskd", {"iterations": 3}), ("dafl", {"iterations": 2, "batch_size": 8}),
-    ("minkowski", {"iterations": 2, "batch_size": 8, "student_steps": 2}),
-    ("deepinversion", {"iterations": 3, "batch_size": 8, "adaptive": 1.0}),
-])
-def test_every_method_yields_its_budget(method, options):
+def test_generator_methods_output_in_the_data_range():
     teacher, student = lenets()
-    x = torch.cat(list(make(method, teacher, student, options, samples=20).synthesize()))
-    assert x.shape == (20, *SHAPE) and torch.isfinite(x).all()
+    for method in ("dafl", "minkowski"):
+        x = make(method, teacher, student, {"batch_size": 16}).step(16)
+        assert x.shape == (16, *SHAPE) and x.min() >= -1 and x.max() <= 1

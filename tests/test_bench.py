@@ -19,22 +19,26 @@ def test_method_specs_split_and_parse():
 
 
 def test_tiny_bench_on_digits_writes_markdown_and_json(tmp_path):
-    done = kdledger("bench", "dfkd", "--dataset", "digits", "--teacher", "digits-cnn", "--student", "digits-cnn-half",
-                    "--methods", "noise,genkd:iterations=3,node_iterations=3,sgld_steps=4,k=2,kd", "--samples", "200",
-                    "--teacher-epochs", "2", "--student-epochs", "2", "--out", str(tmp_path / "out"),
-                    "--cache", str(tmp_path / "cache"))
+    done = kdledger("bench", "dfkd", "--dataset", "digits", "--teacher", "digits-cnn-bn", "--student",
+                    "digits-cnn-half-bn", "--methods", "noise,genkd:node_iterations=3,sgld_steps=4,k=2,fast:iterations=3,kd",
+                    "--loop", "samples=256", "--loop", "steps=40", "--seeds", "0,1", "--teacher-epochs", "2",
+                    "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "bench.json").read_text())
     methods = [r["method"] for r in result["rows"]]
-    assert methods == ["noise", "genkd:iterations=3,node_iterations=3,sgld_steps=4,k=2", "kd"]
-    assert all(r["samples"] == 200 for r in result["rows"])
+    assert methods == ["noise", "genkd:node_iterations=3,sgld_steps=4,k=2", "fast:iterations=3", "kd"]
+    assert all(r["samples"] == 256 and r["student_steps"] == 40 for r in result["rows"])
+    assert all(len(r["accuracies"]) == 2 and r["seeds"] == [0, 1] for r in result["rows"])  # mean and spread
     kd = result["rows"][-1]
     assert kd["gap_to_kd"] == 0
     genkd = result["rows"][1]
     assert genkd["variant"] == "published-ebm" and genkd["node_s"] > 0
-    assert genkd["student_steps"] > result["rows"][0]["student_steps"]  # online steps are counted, not hidden
-    assert "kdledger bench dfkd" in (tmp_path / "out" / "bench.md").read_text()
-    assert result["pending_methods"] == 0 and "Partial" not in (tmp_path / "out" / "bench.md").read_text()
+    for r in result["rows"]:
+        assert r["cpu_s"] > 0 and r["wall_s"] >= r["synthesis_s"] + r["training_s"]
+    table = (tmp_path / "out" / "bench.md").read_text()
+    assert "kdledger bench dfkd" in table and " ± " in table and "CPU s" in table
+    assert result["pending_rows"] == 0 and "Partial" not in table
+    assert (tmp_path / "out" / "samples" / "fast_iterations_3.png").stat().st_size > 1000
     # the teacher is cached under its configuration's hash and reused
     assert len(list((tmp_path / "cache").glob("teacher-*.json"))) == 1
     # a second run never overwrites the first one's table
@@ -42,18 +46,26 @@ def test_tiny_bench_on_digits_writes_markdown_and_json(tmp_path):
     again = kdledger("bench", "dfkd", "--dataset", "digits", "--methods", "noise", "--out", str(tmp_path / "out"))
     assert again.returncode == 1 and "earlier bench.json" in again.stderr and "Traceback" not in again.stderr
     assert (tmp_path / "out" / "bench.json").read_bytes() == before
+    bad = kdledger("bench", "dfkd", "--dataset", "digits", "--loop", "stepz=3", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 1 and "--loop stepz" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_bench_keeps_each_row_as_it_finishes(tmp_path):
+def test_bench_keeps_each_row_as_it_finishes_and_a_budget_follows_the_clock(tmp_path):
+    from node.dfkd import StudentLoop
     from simulations.bench import bench_dfkd
 
     seen = []
     final = bench_dfkd(dataset="digits", data_path=None, teacher_name="digits-cnn", student_name="digits-cnn-half",
-                       methods=["noise", "kd"], samples=64, teacher_epochs=1, student_epochs=1, lr=1e-3, batch_size=32,
-                       temperature=4.0, seed=0, device="cpu", cache=tmp_path, on_row=seen.append)
-    assert [len(r["rows"]) for r in seen] == [1, 2] and [r["pending_methods"] for r in seen] == [1, 0]
+                       methods=["noise", "kd"], loop=StudentLoop(samples=64, steps=10, batch_size=32), teacher_epochs=1,
+                       seeds=[0], minutes=[None], device="cpu", cache=tmp_path, on_row=seen.append)
+    assert [len(r["rows"]) for r in seen] == [1, 2] and [r["pending_rows"] for r in seen] == [1, 0]
     assert seen[0]["rows"][0]["gap_to_kd"] is None  # kd has not run yet when noise's row is written
     assert final["rows"] == seen[-1]["rows"]
+    timed = bench_dfkd(dataset="digits", data_path=None, teacher_name="digits-cnn", student_name="digits-cnn-half",
+                       methods=["noise"], loop=StudentLoop(samples=10**6, steps=10**6, batch_size=32), teacher_epochs=1,
+                       seeds=[0], minutes=[0.02], device="cpu", cache=tmp_path, evaluate_on="validation")
+    row = timed["rows"][0]
+    assert row["budget_min"] == 0.02 and row["samples"] < 10**6 and timed["evaluated_on"] == "validation"
 
 
 def test_kd_is_refused_in_a_scenario(tmp_path):
@@ -70,7 +82,7 @@ def test_bench_scale_times_each_node_count_and_the_chain_share(tmp_path):
 
     spec = yaml.safe_load((ROOT / "simulations/scenarios/quickstart.yaml").read_text())
     spec["teacher"]["epochs"] = 2
-    spec["distill"].update(samples=200, epochs=2)
+    spec["distill"].update(samples=200, steps=20)
     spec["distill"]["options"].update(iterations=5)
     scenario = tmp_path / "tiny.yaml"
     scenario.write_text(yaml.safe_dump(spec))

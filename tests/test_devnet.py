@@ -84,7 +84,7 @@ def test_lineage_and_verify_on_the_devnet(devnet_run):
     done = kdledger("lineage", metrics["student_hash"], "--run", str(run_dir), "--json")
     assert done.returncode == 0, done.stderr
     (tree,) = json.loads(done.stdout)
-    assert tree["kind"] == "student" and tree["method"] == "softtarget"
+    assert tree["kind"] == "student" and tree["method"] == "fast"
     assert {t["owner"] for t in tree["teachers"]} == {row["node"] for row in metrics["nodes"]}
     assert len(tree["accuracies"]) == NODES
     student_file = next((run_dir / "store").rglob(metrics["student_hash"][2:] + ".safetensors"))

@@ -18,8 +18,8 @@ def reduced_quickstart(tmp_path):
     spec["name"] = "quickstart-ci"
     spec["nodes"] = NODES
     spec["teacher"]["epochs"] = 8
-    spec["distill"].update(samples=500, epochs=40, batch_size=64)
-    spec["distill"]["options"].update(iterations=50)
+    spec["distill"].update(samples=512, steps=300, batch_size=64)
+    spec["distill"]["options"].update(iterations=10)
     path = tmp_path / "quickstart-ci.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -61,7 +61,7 @@ def test_events_record_every_teacher_the_student_and_each_attestation(runs):
     assert sorted(e["args"]["method"] for e in by_name["AggregateRegistered"]) == ["FedAvg (one-shot)", "ensemble"]
     teachers = {e["args"]["modelHash"] for e in by_name["TeacherRegistered"]}
     assert set(student["args"]["teacherHashes"]) == teachers
-    assert student["args"]["method"] == "softtarget"
+    assert student["args"]["method"] == "fast"
     nodes = {e["args"]["node"] for e in by_name["TeacherRegistered"]}
     assert {e["args"]["node"] for e in by_name["AccuracyAttested"]} == nodes
     chain = json.loads((run_dir / "chain.json").read_text())
@@ -70,7 +70,7 @@ def test_events_record_every_teacher_the_student_and_each_attestation(runs):
     # anyone holding config.json can check it is the configuration the chain vouches for
     document = (run_dir / "config.json").read_bytes()
     assert "0x" + hashlib.sha256(document).hexdigest() == student["args"]["configHash"]
-    assert json.loads(document)["distill"]["method"] == "softtarget"
+    assert json.loads(document)["distill"]["method"] == "fast"
 
 
 def test_onchain_accuracies_are_what_the_nodes_measured(runs):
@@ -95,6 +95,15 @@ def test_store_holds_exactly_the_registered_bytes_and_keys_are_private(runs):
             assert hashlib.sha256(store.get(model_hash)).digest() == model_hash
     for key in (run_dir / "keys").iterdir():
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_each_teacher_file_carries_its_nodes_class_histogram_under_the_signed_hash(runs):
+    run_dir, _ = runs[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    store = ArtifactStore(run_dir / "store")
+    for row in metrics["nodes"]:
+        teacher = store.load(bytes.fromhex(row["teacher_hash"]), owner=f"node {row['node']}")
+        assert teacher.label_counts == row["label_histogram"] and sum(teacher.label_counts) == row["train"]
 
 
 def test_tampered_teacher_is_refused_naming_node_and_hash(runs):

@@ -11,7 +11,7 @@ from simulations.scenario import Scenario
 
 SMALL = {
     "seed": 3, "teacher": {"epochs": 3},
-    "distill": {"method": "softtarget", "samples": 200, "epochs": 5, "options": {"iterations": 10, "lr": 0.05}},
+    "distill": {"method": "softtarget", "samples": 200, "steps": 40, "options": {"iterations": 10, "lr": 0.05}},
 }
 
 

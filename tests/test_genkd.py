@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from node.dfkd import InputSpace, build_synthesizer, distill
+from node.dfkd import InputSpace, StudentLoop, build_synthesizer, distill
 from node.dfkd.genkd import (
-    GenKDOptions, Langevin, LabelPrior, PolicyGradient, ReplayBuffer, dirichlet_concentration, downstream_loss,
-    ebm_training_loss, energy, seeded_gamma, train_ebm,
+    GenKDOptions, Langevin, LabelPrior, PolicyGradient, ReplayBuffer, balanced_backward, dirichlet_concentration,
+    downstream_loss, ebm_training_loss, energy, seeded_gamma, train_ebm,
 )
 from node.models import build_model
 
@@ -65,9 +65,9 @@ def test_buffer_samples_distinct_chains_and_synthesis_repeats_exactly():
 
     def transfer():
         t, s = nets()
-        syn = build_synthesizer("genkd", t, s, InputSpace(SHAPE), {"iterations": 4, "sgld_steps": 3, "k": 2,
-                                "batch_size": 16}, samples=24, seed=0, device=torch.device("cpu"))
-        return torch.cat(list(syn.synthesize()))
+        syn = build_synthesizer("genkd", t, s, InputSpace(SHAPE), {"sgld_steps": 3, "k": 2, "batch_size": 16},
+                                seed=0, device=torch.device("cpu"))
+        return distill(syn, StudentLoop(samples=48, steps=6, batch_size=16), seed=0).transfer
 
     assert torch.equal(transfer(), transfer())
 
@@ -81,9 +81,40 @@ def test_sgld_step_matches_the_formula():
     xr = x0.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(teacher(xr).gather(1, labels.view(-1, 1)).sum(), xr)
     eps = torch.randn(x0.shape, generator=gen(3))
-    assert torch.allclose(states[1], x0 + 0.5 * grad + 0.01 * eps, atol=1e-6)
+    assert torch.allclose(states[1], (x0 + 0.5 * grad + 0.01 * eps).clamp(-1, 1), atol=1e-6)  # clamped as taken
     paper = Langevin.from_options(GenKDOptions(parameterization="paper", noise=0.1))
     assert (paper.step, paper.noise) == pytest.approx((0.005, 0.1))  # sigma^2 / 2 and sigma
+
+
+def test_log_m_scores_the_step_actually_taken_inside_and_at_the_bounds():
+    teacher, _ = nets()
+    lp = torch.zeros(10)
+    lang = Langevin(step=0.5, noise=0.1)
+    x, labels = torch.zeros(2, *SHAPE), torch.tensor([0, 1])
+    mean = x + lang.drift(teacher, x, labels, lp)
+    inside = (mean + 0.05).clamp(-0.99, 0.99)
+    logp = lang.log_prob(teacher, x, inside, labels, lp)
+    assert torch.allclose(logp, (-((inside - mean) ** 2) / (2 * 0.01)).flatten(1).sum(1), atol=1e-4)
+    at_top = torch.ones_like(x)  # every coordinate clamped at +1: the mass of N(mean, sigma^2) beyond 1
+    logp = lang.log_prob(teacher, x, at_top, labels, lp)
+    expected = torch.special.log_ndtr((mean - 1.0) / 0.1).flatten(1).sum(1)
+    assert torch.allclose(logp, expected, atol=1e-4)
+    # states of a long chain never leave the range, and every transition scores finitely
+    states = Langevin(step=5.0, noise=0.3).chain(teacher, torch.rand(8, *SHAPE) * 2 - 1, None, lp, 6, gen(0))
+    assert all(s.min() >= -1 and s.max() <= 1 for s in states)
+    big = Langevin(step=5.0, noise=0.3)
+    scores = torch.stack([big.log_prob(teacher, a, b, None, lp) for a, b in zip(states, states[1:])])
+    assert torch.isfinite(scores).all()
+
+
+def test_balanced_backward_gives_the_policy_gradient_lambda_a_times_the_mle_gradients_norm():
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    mle, l_b = (w**2).sum(), 1000.0 * w.sum()  # l_b's raw gradient is 250-500 times larger
+    scale = balanced_backward([w], mle, l_b, 0.1)
+    g_mle, g_pg = 2 * torch.tensor([1.0, 2.0]), torch.tensor([1000.0, 1000.0])
+    assert scale == pytest.approx(0.1 * g_mle.norm().item() / g_pg.norm().item(), rel=1e-5)
+    assert torch.allclose(w.grad, g_mle + scale * g_pg)
+    assert (scale * g_pg).norm() == pytest.approx(0.1 * g_mle.norm().item(), rel=1e-5)
 
 
 def test_marginal_energy_is_logsumexp_with_the_prior():
@@ -181,22 +212,28 @@ def test_data_node_ebm_training_runs_and_keeps_the_teacher_unchanged():
     teacher, student = nets()
     before = copy.deepcopy(teacher.state_dict())
     x, y = torch.rand(64, *SHAPE) * 2 - 1, torch.randint(10, (64,))
-    ebm, history = train_ebm(teacher, student, x, y, {"iterations": 3, "sgld_steps": 4, "k": 2, "buffer_size": 50,
-                                                      "batch_size": 16}, seed=0)
+    ebm, history = train_ebm(teacher, student, x, y, {"node_iterations": 3, "sgld_steps": 4, "k": 2,
+                                                      "buffer_size": 50, "batch_size": 16}, seed=0)
     assert len(history["l_b"]) == 3 and all(v != 0 for v in history["l_b"])
+    assert all(0 < scale for scale in history["pg_scale"])  # L_b was rescaled, not dropped
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert any(not torch.equal(before[k], v) for k, v in ebm.state_dict().items())
 
 
-def test_genkd_refuses_teacher_as_student_and_yields_its_budget():
-    teacher, student = nets()
-    with pytest.raises(ValueError, match="different network"):
-        build_synthesizer("genkd", teacher, teacher, InputSpace(SHAPE), {}, samples=8, seed=0, device=torch.device("cpu"))
-    syn = build_synthesizer("genkd", teacher, student, InputSpace(SHAPE), {"iterations": 2, "sgld_steps": 3, "k": 2,
-                            "batch_size": 8}, samples=20, seed=0, device=torch.device("cpu"))
+def test_genkd_steps_share_the_samples_between_node_ebms_by_their_data():
+    teachers = [nets(0)[0], nets(1)[0]]
+    from node.models import Ensemble
+
+    _, student = nets(2)
+    syn = build_synthesizer("genkd", Ensemble(teachers, [3.0, 1.0]), student, InputSpace(SHAPE),
+                            {"sgld_steps": 2, "k": 1, "batch_size": 8}, seed=0, device=torch.device("cpu"))
     assert syn.variant == "teacher-as-ebm"
-    x = torch.cat(list(syn.synthesize()))
-    assert x.shape == (20, *SHAPE) and x.min() >= -1 and x.max() <= 1
+    ebms = [{"ebm": copy.deepcopy(t)} for t in teachers]
+    assert syn.use_node_models(ebms, [3.0, 1.0]) == "published-ebm"
+    for _ in range(8):
+        x = syn.step(8)
+        assert x.shape == (8, *SHAPE) and x.min() >= -1 and x.max() <= 1
+    assert syn.made == [48, 16]  # 3:1, as the nodes' data
 
 
 def test_genkd_student_beats_the_noise_floor_on_digits():
@@ -216,11 +253,11 @@ def test_genkd_student_beats_the_noise_floor_on_digits():
         teachers.append(t)
         tests.append(test)
     scores = {}
-    for method, options in (("noise", {}), ("genkd", {"iterations": 25, "sgld_steps": 10, "k": 3, "batch_size": 64})):
+    for method, options in (("noise", {}), ("genkd", {"sgld_steps": 10, "k": 3, "batch_size": 64})):
         torch.manual_seed(0)
         student = build_model("digits-cnn-half", SHAPE, 10)
-        syn = build_synthesizer(method, Ensemble(teachers), student, InputSpace(SHAPE), options, samples=600, seed=0,
+        syn = build_synthesizer(method, Ensemble(teachers), student, InputSpace(SHAPE), options, seed=0,
                                 device=torch.device("cpu"))
-        result = distill(syn, epochs=30, lr=1e-3, batch_size=64, temperature=20, seed=0)
+        result = distill(syn, StudentLoop(samples=640, steps=300, batch_size=64), seed=0)
         scores[method] = sum(accuracy(result.student, t) * len(t) for t in tests) / sum(len(t) for t in tests)
     assert scores["genkd"] > scores["noise"] + 0.03, scores

@@ -1,15 +1,23 @@
-"""The interface every data-free method implements, and the registry that names them."""
+"""The interface every data-free method implements, and the registry that names them.
+
+A method is a `Synthesizer`: the shared loop (node/dfkd/distill.py) asks it for one batch of
+inputs at a time (`step`), puts the batch in the memory bank and trains the student from the bank
+between batches. So every method may look at the student it is making (adversarial methods do),
+and none of them trains the student itself. Everything else a method may do is one of the hooks
+declared here, with the default most methods want.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
+
+from node.dfkd.criterions import kd_loss
 
 METHODS: dict[str, type["Synthesizer"]] = {}
 
@@ -20,50 +28,60 @@ class MethodError(ValueError):
 
 @dataclass(frozen=True)
 class InputSpace:
-    """Where inputs live: their shape and the range the data was scaled into."""
+    """Where inputs live: their shape, the range the data was scaled into, and whether mirroring keeps a class."""
 
     shape: tuple[int, ...]
     low: float = -1.0
     high: float = 1.0
+    flip: bool = False
 
 
 class Options(BaseModel):
     """A method's own settings; unknown keys are errors that name the field."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    batch_size: int = Field(128, ge=1, description="inputs synthesised per step, each step one batch for the bank")
 
 
 class Synthesizer(ABC):
-    """Makes the inputs a student is distilled on, from the teacher alone.
+    """Makes the inputs a student is distilled on, from the teacher (a classifier or an ensemble) alone.
 
-    An offline method (`online = False`) yields its whole transfer set once from `synthesize()`;
-    an online one yields fresh batches during student training and may look at the student (which
-    is why the student is given here, and must never be the teacher).
+    The teacher offers `forward`, `logits_and_features` and `classifier_weight` (node/models.py),
+    whether it is one network or an `Ensemble`. The student is the network being distilled; a
+    method that reads it (for an adversarial term) must never be handed the teacher as its student.
     """
 
     name: ClassVar[str]
-    online: ClassVar[bool] = False
     Options: ClassVar[type[Options]] = Options
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, space: InputSpace, options: dict,
-                 *, samples: int, seed: int, device: torch.device):
+    def __init__(self, teacher: nn.Module, student: nn.Module, space: InputSpace, options: dict, *, seed: int,
+                 device: torch.device):
         if teacher is student:
             raise MethodError(f"{self.name}: the student must be a different network from the teacher")
+        self.options = self.parse_options(options)
+        self.teacher, self.student, self.space, self.device = teacher, student, space, device
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        with torch.no_grad():
+            self.num_classes = int(teacher(torch.zeros((1, *space.shape), device=device)).shape[1])
+
+    @classmethod
+    def parse_options(cls, options: dict):
         try:
-            self.options = self.Options(**options)
+            return cls.Options(**options)
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
-            raise MethodError(f"distill.options.{where}: {err['msg']} (method {self.name})") from None
-        self.teacher, self.student, self.space = teacher, student, space
-        self.samples, self.device = samples, device
-        self.student_steps = 0  # optimizer steps an online method gave the student while generating
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+            raise MethodError(f"distill.options.{where}: {err['msg']} (method {cls.name})") from None
+
+    @property
+    def batch_size(self) -> int:
+        return self.options.batch_size
 
     @abstractmethod
-    def synthesize(self) -> Iterator[torch.Tensor]:
-        """Yield batches of synthetic inputs in `space` (on `device`)."""
+    def step(self, n: int) -> torch.Tensor:
+        """The next n synthetic inputs in `space`, on `device` (the student may be read, never trained)."""
 
+    # -- hooks, with the defaults most methods want ------------------------------------------------
     @classmethod
     def node_side(cls, teacher: nn.Module, student: nn.Module, x: torch.Tensor, y: torch.Tensor, options: dict,
                   *, seed: int, space: InputSpace) -> dict[str, nn.Module]:
@@ -73,14 +91,32 @@ class Synthesizer(ABC):
         """
         return {}
 
-    def use_node_models(self, models: list[dict[str, nn.Module]]) -> str:
-        """Receive what the nodes published (one dict per teacher, in order); return the variant run."""
+    def use_node_models(self, models: list[dict[str, nn.Module]], weights: list[float]) -> str:
+        """Receive what the nodes published (one dict per teacher, in order, with each node's data share);
+        return the variant that will run."""
         return "default"
 
+    def use_real_data(self, x: torch.Tensor) -> None:
+        """Only the benchmark's real-data ceiling (kd) takes data; a data-free method refuses it."""
+        raise MethodError(f"{self.name} is data-free: it takes no real data")
+
+    def student_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """The distance the student minimises to the teacher on a bank batch (Hinton KD unless the method has its own)."""
+        return kd_loss(student_logits, teacher_logits, temperature)
+
+    def close(self) -> None:
+        """Release what the method attached to the networks (hooks)."""
+
+    # -- helpers -----------------------------------------------------------------------------------
     def noise(self, n: int) -> torch.Tensor:
         """Uniform noise over the input range, from this method's own seeded generator."""
         u = torch.rand((n, *self.space.shape), generator=self.generator)
         return (self.space.low + (self.space.high - self.space.low) * u).to(self.device)
+
+    def balanced_labels(self, n: int) -> torch.Tensor:
+        """n class ids, every class (nearly) equally often, in a random order."""
+        labels = torch.arange(n) % self.num_classes
+        return labels[torch.randperm(n, generator=self.generator)].to(self.device)
 
     def clamp_(self, x: torch.Tensor) -> torch.Tensor:
         """Project onto the input range: synthetic inputs stay where real ones could be."""
@@ -109,7 +145,11 @@ def register_method(name: str):
     return add
 
 
-def build_synthesizer(name: str, teacher, student, space: InputSpace, options: dict, **kw) -> Synthesizer:
+def method_class(name: str) -> type[Synthesizer]:
     if name not in METHODS:
         raise MethodError(f"distill.method: unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
-    return METHODS[name](teacher, student, space, options, **kw)
+    return METHODS[name]
+
+
+def build_synthesizer(name: str, teacher, student, space: InputSpace, options: dict, **kw) -> Synthesizer:
+    return method_class(name)(teacher, student, space, options, **kw)

@@ -38,6 +38,20 @@ Where the paper is vague or wrong, the choices made here (each one tested in tes
    on the distiller the student being distilled (trained on each fresh batch as generation runs).
 7. The EBM runs in eval mode throughout (batch-norm statistics frozen), so that an SGLD chain
    does not change the model it samples from.
+8. Chains stay in the data range inside every step (x_{t+1} = clamp(mean + noise)), and log M is
+   the log-likelihood of the step actually taken: a Gaussian density where the proposal landed
+   inside the range, the Gaussian's tail mass where it was clamped to a bound (a censored
+   Gaussian). Clamping after the chain, as before, scored transitions that never happened: their
+   squared residuals were 200-376 times the Langevin noise's.
+9. The policy gradient is balanced against what trains the EBM. log M's gradient scales with
+   step / noise (100 with the decoupled defaults) times the input's dimension, so on a data node
+   lambda_a L_b outweighed L_a by 1e3-1e4 and the EBM stopped learning from the data. Here the
+   gradient of L_b is rescaled to lambda_a times the norm of the gradient of L_a + lambda_cls L_cls
+   before the two are added: lambda_a is the policy gradient's share, whatever the scales. On the
+   distiller L_b is the only loss and Adam's step is scale-free.
+10. On the distiller, each step continues chains of one EBM; with several nodes' EBMs, each gets a
+    share of the steps in proportion to its node's data (a node with more data is a larger part of
+    the population being sampled), and every sample is labelled by the teachers' ensemble.
 """
 
 from __future__ import annotations
@@ -52,8 +66,9 @@ from pydantic import Field
 from torch import nn
 
 from node.dfkd.base import Options, Synthesizer, register_method
-from node.dfkd.distill import kd_loss
-from node.dfkd.zskd import dirichlet_concentration, last_layer_weight, seeded_gamma
+from node.dfkd.criterions import kd_loss
+from node.dfkd.sampling import seeded_gamma
+from node.dfkd.zskd import dirichlet_concentration
 from node.models import Ensemble
 
 
@@ -63,7 +78,7 @@ class GenKDOptions(Options):
     noise: float = Field(0.01, ge=0, description="SGLD noise standard deviation")
     parameterization: Literal["decoupled", "paper"] = Field(
         "decoupled", description="'paper': Eq. 12 with step = sigma^2 / 2 and noise = sigma = `noise`")
-    buffer_size: int = Field(10_000, ge=1, description="replay buffer on the data node")
+    buffer_size: int = Field(10_000, ge=1, description="replay buffer (persistent chains), per EBM")
     reinit: float = Field(0.05, ge=0, le=1, description="mu: chance that a chain restarts from U(-1, 1)")
     k: int = Field(5, ge=1, description="K: consecutive Langevin steps in the policy gradient")
     t_policy: Literal["uniform", "last"] = Field("uniform", description="where the K steps start")
@@ -74,8 +89,7 @@ class GenKDOptions(Options):
     prior: Literal["dirichlet", "uniform"] = "dirichlet"
     prior_beta: float = Field(1.0, gt=0, description="ZSKD's beta scaling of the concentrations")
     conditional: bool = Field(True, description="sample p(x|y) (true) or p(x) (false)")
-    iterations: int = Field(200, ge=0, description="SGLD + finetuning iterations")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="chains continued per step")
     lr: float = Field(1e-4, gt=0, description="Adam learning rate of the EBM")
     kd_temperature: float = Field(4.0, gt=0, description="temperature of L_kd and of the student's steps")
     student_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the (proxy) student during generation")
@@ -156,12 +170,14 @@ def energy(ebm: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, log_pri
 class Langevin:
     step: float
     noise: float
+    low: float = -1.0
+    high: float = 1.0
 
     @classmethod
-    def from_options(cls, o: GenKDOptions) -> "Langevin":
+    def from_options(cls, o: GenKDOptions, low: float = -1.0, high: float = 1.0) -> "Langevin":
         if o.parameterization == "paper":  # Eq. 12: x + sigma^2/2 grad f + N(0, sigma^2)
-            return cls(step=o.noise**2 / 2, noise=o.noise)
-        return cls(step=o.step_size, noise=o.noise)
+            return cls(step=o.noise**2 / 2, noise=o.noise, low=low, high=high)
+        return cls(step=o.step_size, noise=o.noise, low=low, high=high)
 
     def drift(self, ebm, x, labels, log_prior, *, create_graph: bool = False) -> torch.Tensor:
         """step * grad_x f(x, y); with create_graph it stays a function of theta (for L_b)."""
@@ -171,21 +187,27 @@ class Langevin:
         (grad,) = torch.autograd.grad(f.sum(), x, create_graph=create_graph)
         return self.step * grad
 
-    def chain(self, ebm, x0, labels, log_prior, steps: int, generator: torch.Generator, bounds=(-1.0, 1.0)):
-        """T SGLD steps (Eq. 12); returns every state x_0..x_T, detached."""
+    def chain(self, ebm, x0, labels, log_prior, steps: int, generator: torch.Generator):
+        """T SGLD steps (Eq. 12), each clamped to the range as it is taken; every state x_0..x_T, detached."""
         states = [x0.detach()]
         x = x0.detach()
         for _ in range(steps):
             eps = torch.randn(x.shape, generator=generator).to(x.device)
-            x = (x + self.drift(ebm, x, labels, log_prior) + self.noise * eps).detach()
+            x = (x + self.drift(ebm, x, labels, log_prior) + self.noise * eps).clamp(self.low, self.high).detach()
             states.append(x)
         return states
 
     def log_prob(self, ebm, x, x_next, labels, log_prior) -> torch.Tensor:
-        """log M_theta(x_next | x) per sample, up to a constant: Gaussian around x + step grad_x f(x)."""
+        """log M_theta(x_next | x) per sample, up to a constant: a Gaussian around x + step grad_x f(x) censored
+        at the range's bounds (a clamped coordinate scores the probability of landing beyond its bound)."""
         mean = x.detach() + self.drift(ebm, x.detach().requires_grad_(True), labels, log_prior, create_graph=True)
-        var = max(self.noise, 1e-8) ** 2
-        return -((x_next.detach() - mean) ** 2).flatten(1).sum(1) / (2 * var)
+        sigma = max(self.noise, 1e-8)
+        x_next = x_next.detach()
+        inside = -((x_next - mean) ** 2) / (2 * sigma**2)
+        at_low = torch.special.log_ndtr((self.low - mean) / sigma)
+        at_high = torch.special.log_ndtr((mean - self.high) / sigma)
+        per_dim = torch.where(x_next <= self.low, at_low, torch.where(x_next >= self.high, at_high, inside))
+        return per_dim.flatten(1).sum(1)
 
 
 def downstream_loss(teacher, student, x, soft_labels, reference_marginal, *, lambda_kl: float, lambda_cls: float,
@@ -232,6 +254,7 @@ def _start(o: GenKDOptions, generator: torch.Generator) -> int:
 
 
 def _student_step(student, teacher, opt, x, temperature) -> float:
+    """The data node's proxy student takes one KD step (it only serves L_kd inside L_c)."""
     student.train()
     with torch.no_grad():
         target = teacher(x)
@@ -245,7 +268,7 @@ def _student_step(student, teacher, opt, x, temperature) -> float:
 
 @dataclass
 class EBMStepLosses:
-    total: torch.Tensor
+    total: torch.Tensor  # L_a + lambda_cls L_cls + lambda_a L_b, unbalanced (for the record)
     l_a: torch.Tensor
     l_cls: torch.Tensor
     l_b: torch.Tensor
@@ -253,7 +276,7 @@ class EBMStepLosses:
 
 def ebm_training_loss(ebm, teacher, student, prior: LabelPrior, langevin: Langevin, pg: PolicyGradient,
                       o: GenKDOptions, x_pos, y_pos, states, labels, soft, generator) -> EBMStepLosses:
-    """Algorithm 1's loss L = L_a + lambda_cls L_cls + lambda_a L_b on one batch (data node)."""
+    """Algorithm 1's terms on one batch (data node): L_a, L_cls and L_b."""
     log_prior = prior.log_marginal.to(x_pos.device)
     cond = labels if o.conditional else None
     x_neg = states[-1]
@@ -274,6 +297,20 @@ def ebm_training_loss(ebm, teacher, student, prior: LabelPrior, langevin: Langev
     return EBMStepLosses(l_a + o.lambda_cls * l_cls + o.lambda_a * l_b, l_a, l_cls, l_b)
 
 
+def balanced_backward(params: list[torch.nn.Parameter], mle: torch.Tensor, l_b: torch.Tensor, share: float) -> float:
+    """Set p.grad = grad(mle) + share * |grad(mle)| / |grad(l_b)| * grad(l_b); returns the scale applied to L_b."""
+    g_mle = torch.autograd.grad(mle, params, allow_unused=True, retain_graph=True)
+    g_pg = torch.autograd.grad(l_b, params, allow_unused=True) if l_b.requires_grad else [None] * len(params)
+    norm = lambda gs: torch.sqrt(sum((g**2).sum() for g in gs if g is not None) + 1e-24)  # noqa: E731
+    scale = (share * norm(g_mle) / norm(g_pg)).item() if any(g is not None for g in g_pg) else 0.0
+    for p, a, b in zip(params, g_mle, g_pg):
+        grad = torch.zeros_like(p) if a is None else a.clone()
+        if b is not None:
+            grad += scale * b
+        p.grad = grad
+    return scale
+
+
 def train_ebm(teacher: nn.Module, student: nn.Module, x: torch.Tensor, y: torch.Tensor, options: dict, *,
               seed: int, bounds=(-1.0, 1.0), progress=None) -> tuple[nn.Module, dict]:
     """A data node's EBM (Algorithm 1), warm-started from its teacher, with a proxy student trained alongside."""
@@ -282,98 +319,111 @@ def train_ebm(teacher: nn.Module, student: nn.Module, x: torch.Tensor, y: torch.
     device = next(teacher.parameters()).device
     teacher = teacher.eval()  # only ever evaluated under no_grad: its weights cannot move
     ebm = copy.deepcopy(teacher).eval()
-    for p in ebm.parameters():
+    params = list(ebm.parameters())
+    for p in params:
         p.requires_grad_(True)
-    prior = LabelPrior(last_layer_weight(teacher), o.prior, o.prior_beta)
-    langevin, pg = Langevin.from_options(o), PolicyGradient()
+    prior = LabelPrior(teacher.classifier_weight(), o.prior, o.prior_beta)
+    langevin, pg = Langevin.from_options(o, *bounds), PolicyGradient()
     buffer = ReplayBuffer(o.buffer_size, tuple(x.shape[1:]), prior, gen, *bounds)
-    opt = torch.optim.Adam(ebm.parameters(), lr=o.lr)
+    opt = torch.optim.Adam(params, lr=o.lr)
     student_opt = torch.optim.Adam(student.parameters(), lr=o.student_lr)
-    history = {"l_a": [], "l_cls": [], "l_b": []}
-    for it in range(o.iterations):
+    history = {"l_a": [], "l_cls": [], "l_b": [], "pg_scale": []}
+    for it in range(o.node_iterations):
         batch = torch.randint(len(y), (o.batch_size,), generator=gen)
         idx, x0, labels, soft, _ = buffer.sample(o.batch_size, o.reinit)
         x0, labels, soft = x0.to(device), labels.to(device), soft.to(device)
         states = langevin.chain(ebm, x0, labels if o.conditional else None, prior.log_marginal, o.sgld_steps, gen)
-        states = [s.clamp(*bounds) for s in states]
         batch = batch.to(x.device)
         losses = ebm_training_loss(ebm, teacher, student, prior, langevin, pg, o, x[batch].to(device),
                                    y[batch].to(device), states, labels, soft, gen)
         opt.zero_grad(set_to_none=True)
-        losses.total.backward()
+        scale = balanced_backward(params, losses.l_a + o.lambda_cls * losses.l_cls, losses.l_b, o.lambda_a)
         opt.step()
         buffer.update(idx, states[-1], labels, soft)
         _student_step(student, teacher, student_opt, states[-1], o.kd_temperature)
-        for name in history:
+        for name in ("l_a", "l_cls", "l_b"):
             history[name].append(getattr(losses, name).item())
+        history["pg_scale"].append(scale)
         if progress:
-            progress("ebm", it + 1, o.iterations)
+            progress("ebm", it + 1, o.node_iterations)
     return ebm.eval(), history
 
 
 @register_method("genkd")
 class GenKD(Synthesizer):
-    """The distiller's side: SGLD from an EBM with policy-gradient finetuning; the buffer is the transfer set."""
+    """The distiller's side: SGLD from the EBMs with policy-gradient finetuning; each step's chains go to the bank."""
 
-    online = True  # trains the student while it generates (L_kd needs the current student)
     Options = GenKDOptions
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.ebms: list[nn.Module] | None = None  # published EBMs; None: each teacher serves as its own EBM
+        o = self.options
+        members = list(self.teacher.members) if isinstance(self.teacher, Ensemble) else [self.teacher]
+        self.ebms: list[nn.Module] = [copy.deepcopy(m) for m in members]  # until nodes publish their own
+        self.shares = [1.0] * len(self.ebms)
+        self.published = False
+        self.langevin = Langevin.from_options(o, self.space.low, self.space.high)
+        self.prior = LabelPrior(self.teacher.classifier_weight().detach().cpu(), o.prior, o.prior_beta)
+        self.pg = PolicyGradient()
+        self._chains: dict[int, tuple] = {}  # per EBM: (optimizer, replay buffer)
+        self.made = [0] * len(self.ebms)
 
     @property
     def variant(self) -> str:
-        return "published-ebm" if self.ebms else "teacher-as-ebm"
+        return "published-ebm" if self.published else "teacher-as-ebm"
 
     @classmethod
     def node_side(cls, teacher, student, x, y, options, *, seed, space):
         o = cls.Options(**options)
         if not o.node_ebm:
             return {}
-        ebm, _ = train_ebm(teacher, student, x, y, {**options, "iterations": o.node_iterations}, seed=seed,
-                           bounds=(space.low, space.high))
+        ebm, _ = train_ebm(teacher, student, x, y, options, seed=seed, bounds=(space.low, space.high))
         return {"ebm": ebm}
 
-    def use_node_models(self, models):
-        """Use the nodes' EBMs when every node published one; else every teacher is its own EBM."""
+    def use_node_models(self, models, weights):
+        """Use the nodes' EBMs when every node published one (else every teacher is its own EBM); each EBM
+        gets a share of the samples in proportion to its node's data."""
         ebms = [m.get("ebm") for m in models]
-        self.ebms = [e.to(self.device) for e in ebms] if ebms and all(e is not None for e in ebms) else None
+        if ebms and all(e is not None for e in ebms):
+            self.ebms, self.published = [e.to(self.device) for e in ebms], True
+        if len(weights) == len(self.ebms):
+            self.shares = [float(w) for w in weights]
+        self.made = [0] * len(self.ebms)
         return self.variant
 
-    def synthesize(self):
-        o = self.options
-        teacher = self.teacher.eval()  # evaluated under no_grad only
-        members = list(teacher.members) if isinstance(teacher, Ensemble) else [teacher]
-        ebms = self.ebms or [copy.deepcopy(m) for m in members]
-        langevin, pg = Langevin.from_options(o), PolicyGradient()
-        prior = LabelPrior(last_layer_weight(teacher), o.prior, o.prior_beta)
-        log_prior = prior.log_marginal.to(self.device)
-        student_opt = torch.optim.Adam(self.student.parameters(), lr=o.student_lr)
-        shares = [self.samples // len(ebms) + (i < self.samples % len(ebms)) for i in range(len(ebms))]
-        bounds = (self.space.low, self.space.high)
-        for ebm, share in zip(ebms, shares):
-            ebm = ebm.to(self.device).eval()
+    def _next_ebm(self) -> int:
+        """The EBM furthest behind its share of the samples made so far (deterministic, proportional)."""
+        total, share_sum = sum(self.made) + 1, sum(self.shares)
+        return max(range(len(self.ebms)), key=lambda i: self.shares[i] / share_sum * total - self.made[i])
+
+    def _state(self, i: int):
+        if i not in self._chains:
+            ebm = self.ebms[i].to(self.device).eval()
             for p in ebm.parameters():
                 p.requires_grad_(True)
-            opt = torch.optim.Adam(ebm.parameters(), lr=o.lr)
-            buffer = ReplayBuffer(share, self.space.shape, prior, self.generator, *bounds)
-            for _ in range(o.iterations):
-                idx, x0, labels, soft, _ = buffer.sample(min(o.batch_size, share), o.reinit)
-                x0, labels, soft = x0.to(self.device), labels.to(self.device), soft.to(self.device)
-                cond = labels if o.conditional else None
-                states = [s.clamp(*bounds) for s in langevin.chain(ebm, x0, cond, log_prior, o.sgld_steps, self.generator)]
-                if o.policy_gradient:  # no data here: L_b against the teacher, the student and the prior
-                    reward_fn = lambda x: downstream_loss(  # noqa: E731
-                        teacher, self.student, x, soft if o.conditional else None, prior.marginal,
-                        lambda_kl=o.lambda_kl, lambda_cls=o.lambda_cls, temperature=o.kd_temperature)
-                    l_b, _ = pg.loss(ebm, langevin, states, _start(o, self.generator), min(o.k, o.sgld_steps),
-                                     cond, log_prior, reward_fn)
-                    opt.zero_grad(set_to_none=True)
-                    (o.lambda_a * l_b).backward()
-                    opt.step()
-                buffer.update(idx, states[-1], labels, soft)
-                _student_step(self.student, teacher, student_opt, states[-1], o.kd_temperature)
-                self.student_steps += 1
-            for start in range(0, share, 256):
-                yield buffer.x[start : start + 256].to(self.device)
+            buffer = ReplayBuffer(self.options.buffer_size, self.space.shape, self.prior, self.generator,
+                                  self.space.low, self.space.high)
+            self._chains[i] = (torch.optim.Adam(ebm.parameters(), lr=self.options.lr), buffer)
+        return self._chains[i]
+
+    def step(self, n: int) -> torch.Tensor:
+        o = self.options
+        i = self._next_ebm()
+        ebm, (opt, buffer) = self.ebms[i], self._state(i)
+        log_prior = self.prior.log_marginal.to(self.device)
+        idx, x0, labels, soft, _ = buffer.sample(n, o.reinit)
+        x0, labels, soft = x0.to(self.device), labels.to(self.device), soft.to(self.device)
+        cond = labels if o.conditional else None
+        states = self.langevin.chain(ebm, x0, cond, log_prior, o.sgld_steps, self.generator)
+        if o.policy_gradient:  # no data here: L_b against the teacher, the student and the prior
+            reward_fn = lambda x: downstream_loss(  # noqa: E731
+                self.teacher, self.student, x, soft if o.conditional else None, self.prior.marginal,
+                lambda_kl=o.lambda_kl, lambda_cls=o.lambda_cls, temperature=o.kd_temperature)
+            l_b, _ = self.pg.loss(ebm, self.langevin, states, _start(o, self.generator), min(o.k, o.sgld_steps),
+                                  cond, log_prior, reward_fn)
+            opt.zero_grad(set_to_none=True)
+            (o.lambda_a * l_b).backward()
+            opt.step()
+        buffer.update(idx, states[-1], labels, soft)
+        self.made[i] += len(idx)
+        return states[-1]
