@@ -10,7 +10,7 @@ from node.artifacts import serialize
 from node.config import DataConfig, DistillConfig
 from node.data import DatasetError, DatasetSpec, load_dataset
 from node.dfkd import DistillResult, InputSpace, build_synthesizer, distill, resolve_device
-from node.models import Ensemble, build_model
+from node.models import build_model
 
 
 def public_inputs(options, spec: DatasetSpec) -> torch.Tensor:
@@ -23,19 +23,18 @@ def public_inputs(options, spec: DatasetSpec) -> torch.Tensor:
 
 
 def distill_student(
-    node_models: list[dict[str, torch.nn.Module]], weights, shares: list[float], cfg: DistillConfig,
+    node_models: list[dict[str, torch.nn.Module]], teacher: torch.nn.Module, shares: list[float], cfg: DistillConfig,
     spec: DatasetSpec, *, seed: int, progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[bytes, DistillResult, str]:
     """The student's bytes, the run's record, and the method's variant (e.g. GenKD with published EBMs).
 
     `node_models` holds, per node, its verified teacher and whatever else it published for the method;
-    `weights` weigh the teachers in their ensemble (per node, or per node and class); `shares` are the
-    nodes' shares of the data, for methods that synthesise per node.
+    `teacher` is what the student learns from (one node's teacher, the global one, or the nodes' ensemble);
+    `shares` are the nodes' shares of the data, for methods that synthesise per node.
     """
     device = resolve_device(cfg.device)
     torch.manual_seed(seed)
-    teachers = [m["teacher"] for m in node_models]
-    teacher = Ensemble(teachers, weights).to(device) if len(teachers) > 1 else teachers[0].to(device)
+    teacher = teacher.to(device)
     student = build_model(cfg.student, spec.input_shape, spec.num_classes).to(device)
     space = InputSpace(spec.input_shape, *spec.bounds, flip=spec.flip)
     synthesizer = build_synthesizer(cfg.method, teacher, student, space, cfg.options, seed=seed, device=device)

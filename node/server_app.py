@@ -240,15 +240,15 @@ class Coordinator:
         self.ledger.aggregates[name] = model_hash
         return model_hash
 
-    def ensemble_weights(self, teachers: list[torch.nn.Module]) -> list:
-        """Per node (its train size, or uniform), or per node and class: the class histogram inside each verified
-        teacher file, so that for every class the nodes that saw it speak for it."""
+    def ensemble(self, teachers: list[torch.nn.Module]) -> Ensemble:
+        """The teachers as one model: logits weighted per node (train size, or uniform), or per node and class
+        by the class histogram inside each verified teacher file: for every class, the nodes that saw it speak for it."""
         mode = self.federation.ensemble_weights
         if mode == "label-counts":
-            return [list(t.label_counts) for t in teachers]
+            return Ensemble(teachers, [list(t.label_counts) for t in teachers])
         if mode == "samples":
-            return [float(sum(t.label_counts)) for t in teachers]
-        return [1.0] * len(teachers)
+            return Ensemble(teachers, [float(sum(t.label_counts)) for t in teachers])
+        return Ensemble(teachers)
 
     def initial_model(self) -> torch.nn.Module:
         """The common starting point every node's teacher trains from (the scenario's seed)."""
@@ -263,10 +263,9 @@ class Coordinator:
         teachers = [self.store.load(r.teacher_hash, owner=f"node {r.address}") for r, _ in accepted]
         counts = [float(r.num_train) for r, _ in accepted]
         hashes, examples = [r.teacher_hash for r, _ in accepted], int(sum(counts))
-        weights = self.ensemble_weights(teachers)
         evaluate_ensemble = self.federation.evaluate_ensemble
         if evaluate_ensemble if evaluate_ensemble is not None else len(accepted) <= 10:
-            self._register_aggregate("ensemble", Ensemble(teachers, weights), 0, hashes, "ensemble", examples)
+            self._register_aggregate("ensemble", self.ensemble(teachers), 0, hashes, "ensemble", examples)
         if self.federation.evaluate_fedavg_once and len(teachers) > 1:
             spec = self._spec()
             averaged = build_model(self.teacher.model, spec.input_shape, spec.num_classes)
@@ -296,7 +295,7 @@ class Coordinator:
         if self.federation.mode == "fedavg":  # one global teacher, owned by the coordinator
             sources = [self.ledger.aggregates["global"]]
             loaded = [{"teacher": self.store.load(sources[0], owner="the coordinator's aggregate")}]
-            weights = shares = [1.0]
+            teacher, shares = loaded[0]["teacher"], [1.0]
         else:
             nodes = [r for r in self.active if r.teacher_hash is not None]
             if not nodes:
@@ -309,10 +308,10 @@ class Coordinator:
             loaded = [{kind: self.store.load(h, owner=f"node {r.address}") for kind, h in r.published.items()}
                       for r in nodes]
             sources = [h for r in nodes for h in r.published.values()]
-            weights = self.ensemble_weights([m["teacher"] for m in loaded])
+            teacher = self.ensemble([m["teacher"] for m in loaded]) if len(loaded) > 1 else loaded[0]["teacher"]
             shares = [float(r.num_train) for r in nodes]
         blob, result, variant = distill_student(
-            loaded, weights, shares, self.distill, self._spec(), seed=self.seed,
+            loaded, teacher, shares, self.distill, self._spec(), seed=self.seed,
             progress=lambda stage, done, total: self.progress(f"distill:{stage}", done, total),
         )
         # the configuration as run, facts included (which variant ran), is what the chain's hash covers

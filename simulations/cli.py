@@ -309,6 +309,17 @@ def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories wri
     print(compare_runs(run_dirs), end="")
 
 
+@app.command()
+@one_line_errors
+def methods(name: Optional[str] = typer.Argument(None, help="one method (default: every registered method)")) -> None:
+    """The distillation methods and their `distill.options`: key, default and meaning (markdown)."""
+    from node.dfkd import METHODS
+    from node.dfkd.base import method_class, options_markdown
+
+    names = [method_class(name).name] if name else sorted(METHODS)
+    print("\n".join(options_markdown(n) for n in names), end="")
+
+
 def _bench_command_line(name: str) -> str:
     """The command as typed, to be written next to its table."""
     import shlex

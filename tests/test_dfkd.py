@@ -207,6 +207,21 @@ def test_unknown_method_and_option_name_the_field():
         build_synthesizer("softtarget", teacher, student, DIGITS, {"sigmaa": 1}, seed=0, device=CPU)
 
 
+def test_the_documented_options_are_the_code_s_and_every_option_is_explained():
+    """docs/configuration.md holds `kdledger methods`' output: a default changed in code shows up as a failure here."""
+    from pathlib import Path
+
+    from node.dfkd.base import options_markdown
+
+    tables = [options_markdown(name) for name in sorted(METHODS)]
+    docs = Path(__file__).parents[1].joinpath("docs", "configuration.md").read_text()
+    begin, end = "<!-- kdledger methods: begin -->\n", "<!-- kdledger methods: end -->"
+    assert docs[docs.index(begin) + len(begin):docs.index(end)] == "\n".join(tables)
+    for name in METHODS:
+        undocumented = [k for k, f in METHODS[name].Options.model_fields.items() if not f.description]
+        assert not undocumented, f"{name}: options without a description: {undocumented}"
+
+
 def test_fast_reads_the_student_and_balances_its_targets():
     teacher = lenet_bn()
     torch.manual_seed(1)

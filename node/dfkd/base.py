@@ -9,6 +9,8 @@ declared here, with the default most methods want.
 
 from __future__ import annotations
 
+import json
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -153,3 +155,17 @@ def method_class(name: str) -> type[Synthesizer]:
 
 def build_synthesizer(name: str, teacher, student, space: InputSpace, options: dict, **kw) -> Synthesizer:
     return method_class(name)(teacher, student, space, options, **kw)
+
+
+def options_markdown(name: str) -> str:
+    """One method's options as a markdown table (key, default, meaning), read from its `Options` model, so the
+    documentation cannot drift from the code (docs/configuration.md holds every method's, tests compare)."""
+    cls = method_class(name)
+    summary = (cls.__doc__ if "__doc__" in vars(cls) and cls.__doc__ else sys.modules[cls.__module__].__doc__ or "")
+    summary = " ".join(summary.strip().split("\n\n")[0].split())
+    lines = [f"### `{name}`", "", summary, "", "| key | default | meaning |", "|---|---|---|"]
+    for key, field in cls.Options.model_fields.items():
+        default = "(required)" if field.is_required() else json.dumps(field.get_default(call_default_factory=True))
+        meaning = (field.description or "").replace("|", "\\|")
+        lines.append(f"| `{key}` | {default} | {meaning} |")
+    return "\n".join(lines) + "\n"

@@ -23,11 +23,11 @@ from node.dfkd.generator import Generator
 
 class DAFLOptions(Options):
     generator_steps: int = Field(1, ge=1, description="generator updates per step (DAFL: one per student update)")
-    batch_size: int = Field(512, ge=1)
-    latent: int = Field(100, ge=1)
+    batch_size: int = Field(512, ge=1, description="inputs synthesised per step, each step one batch for the bank")
+    latent: int = Field(100, ge=1, description="generator input dimension")
     alpha: float = Field(0.1, ge=0, description="weight of the activation loss")
     beta: float = Field(5.0, ge=0, description="weight of the information-entropy loss")
-    generator_lr: float = Field(0.2, gt=0)
+    generator_lr: float = Field(0.2, gt=0, description="Adam learning rate of the generator")
 
 
 def dafl_losses(teacher, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -25,8 +25,8 @@ from node.dfkd.hooks import BNStatistics
 
 class DeepInversionOptions(Options):
     iterations: int = Field(2000, ge=1, description="Adam steps per batch")
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(0.1, gt=0)
+    batch_size: int = Field(256, ge=1, description="inputs synthesised per step, each step one batch for the bank")
+    lr: float = Field(0.1, gt=0, description="Adam learning rate on the pixels")
     bn_weight: float = Field(100.0, ge=0, description="weight of the batch-norm statistics loss")
     tv_weight: float = Field(2.5e-5, ge=0, description="total variation prior (L2 norms of neighbour differences)")
     l2_weight: float = Field(0.0, ge=0, description="l2 prior on the inputs")

@@ -44,7 +44,8 @@ from node.models import Ensemble
 
 
 class FastOptions(Options):
-    iterations: int = Field(30, ge=1, description="optimisation steps per synthesised batch")
+    iterations: int = Field(60, ge=1, description="optimisation steps per synthesised batch (60: the best student "
+                            "after 5 minutes among 30/40/60 on a validation split, BENCHMARKS.md)")
     lr: float = Field(0.1, gt=0, description="Adam learning rate on the pixels (betas 0.5, 0.99)")
     init_std: float = Field(0.5, gt=0, description="the free parameters start from N(0, init_std^2)")
     downscale: int | None = Field(None, ge=1, description="the image is optimised at 1/downscale of its size and "
@@ -61,8 +62,8 @@ class FastOptions(Options):
     meta: float = Field(0.0, ge=0, le=1, description="Reptile rate of a per-class starting image (0: every batch "
                         "starts from noise alone)")
     # teachers without batch norm: a conditional generator instead of pixels
-    latent: int = Field(64, ge=1)
-    generator_lr: float = Field(1e-3, gt=0)
+    latent: int = Field(64, ge=1, description="generator input dimension (generator fallback)")
+    generator_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the generator (generator fallback)")
     entropy_weight: float = Field(5.0, ge=0, description="DAFL's class-balance term (generator fallback)")
 
 

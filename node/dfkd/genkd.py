@@ -86,7 +86,8 @@ class GenKDOptions(Options):
     lambda_a: float = Field(1.0, ge=0, description="weight of L_b")
     lambda_cls: float = Field(1.0, ge=0, description="weight of the classification terms")
     lambda_kl: float = Field(1.0, ge=0, description="weight of L_kl - L_kd inside L_c")
-    prior: Literal["dirichlet", "uniform"] = "dirichlet"
+    prior: Literal["dirichlet", "uniform"] = Field(
+        "dirichlet", description="label prior: ZSKD's Dirichlet from the teacher's last layer, or uniform")
     prior_beta: float = Field(1.0, gt=0, description="ZSKD's beta scaling of the concentrations")
     conditional: bool = Field(True, description="sample p(x|y) (true) or p(x) (false)")
     batch_size: int = Field(64, ge=1, description="chains continued per step")

@@ -23,9 +23,9 @@ from node.dfkd.generator import Generator
 class MinkowskiOptions(Options):
     p: float = Field(1.5, gt=0, description="distance order; 1 is DFAD's MAE")
     generator_steps: int = Field(1, ge=1, description="generator updates per step")
-    batch_size: int = Field(128, ge=1)
-    latent: int = Field(256, ge=1)
-    generator_lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1, description="inputs synthesised per step, each step one batch for the bank")
+    latent: int = Field(256, ge=1, description="generator input dimension")
+    generator_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the generator")
 
 
 @register_method("minkowski")

@@ -42,13 +42,14 @@ from node.models import Ensemble
 
 
 class SoftTargetOptions(Options):
-    space: Literal["fc2", "softmax"] = "fc2"
+    space: Literal["fc2", "softmax"] = Field(
+        "fc2", description="model the FC-2 output space (the paper's choice) or the softmax")
     sigma: float = Field(1.5, gt=0, description="variance of every FC-2 element (1.5 for LeNet-5 on MNIST in the paper)")
     activation_weight: float = Field(0.05, ge=0, description="lambda_a of Eq. 10")
     temperature: float = Field(20.0, gt=0, description="tau of Eq. 6-8")
     iterations: int = Field(1500, ge=1, description="Adam steps per batch of noise inputs")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate on the inputs")
-    batch_size: int = Field(100, ge=1)
+    batch_size: int = Field(100, ge=1, description="inputs synthesised per step, each step one batch for the bank")
     bn_weight: float = Field(10.0, ge=0, description="image prior where the teacher has BN (not in the paper; 0 for "
                                                      "the paper's method)")
 

@@ -32,10 +32,10 @@ def dirichlet_concentration(last_weight: torch.Tensor, beta: float = 1.0) -> tor
 
 class ZSKDOptions(Options):
     betas: list[float] = Field([1.0, 0.1], description="concentration scales; the samples are split evenly")
-    temperature: float = Field(20.0, gt=0)
-    iterations: int = Field(1500, ge=1)
-    lr: float = Field(0.01, gt=0)
-    batch_size: int = Field(100, ge=1)
+    temperature: float = Field(20.0, gt=0, description="temperature of the sampled soft targets' cross-entropy")
+    iterations: int = Field(1500, ge=1, description="Adam steps per batch")
+    lr: float = Field(0.01, gt=0, description="Adam learning rate on the inputs")
+    batch_size: int = Field(100, ge=1, description="inputs synthesised per step, each step one batch for the bank")
     bn_weight: float = Field(10.0, ge=0, description="image prior where the teacher has BN (not in the paper; "
                                                      "0 for the paper's method)")
 
