@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.kdledger-setup
 
-.PHONY: setup datasets demo test test-all bench clean
+.PHONY: setup datasets demo lint test test-all bench clean
 
 FMNIST := /usr/share/datasets/fashion-mnist
 
@@ -33,10 +33,16 @@ datasets:
 demo: setup
 	$(VENV)/bin/kdledger run simulations/scenarios/quickstart.yaml
 
-test: setup
+# ruff (lint and format) and mypy gate every test run, and so CI
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q
 
-test-all: setup
+test-all: lint
 	$(PY) -m pytest -q -m ""
 
 # Accuracy against time of the default method on Fashion-MNIST, with the floor and the ceiling (about an hour on 2 CPU cores)

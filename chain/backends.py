@@ -7,10 +7,12 @@ from web3 import Web3
 from web3.providers.eth_tester import EthereumTesterProvider
 from web3.providers.rpc.utils import ExceptionRetryConfiguration
 
+from chain.errors import ChainError
+
 EMBEDDED = "embedded"
 
 
-class ChainUnreachable(RuntimeError):
+class ChainUnreachable(ChainError):
     pass
 
 
@@ -29,7 +31,9 @@ def connect(rpc_url: str | None = None) -> Web3:
     try:
         w3.eth.chain_id  # noqa: B018 - a real round trip
     except (requests.ConnectionError, requests.Timeout, OSError):
-        raise ChainUnreachable(f"chain at {rpc_url} is unreachable (is the devnet running? `kdledger devnet`)") from None
+        raise ChainUnreachable(
+            f"chain at {rpc_url} is unreachable (is the devnet running? `kdledger devnet`)"
+        ) from None
     return w3
 
 

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import solcx
 
+from chain.errors import ChainError
+
 CONTRACT = "ModelRegistry"
 SOLC_VERSION = "0.8.30"
 EVM_VERSION = "cancun"  # both py-evm and anvil run it
 SOLCJS_SHIM = Path(__file__).resolve().parent / "bin" / "solc"
 
 
-class CompilerNotFound(RuntimeError):
+class CompilerNotFound(ChainError):
     pass
 
 
@@ -42,7 +44,7 @@ def resolve_solc() -> Path:
     except Exception:  # py-solc-x raises when its folder does not exist yet
         installed = []
     if installed:
-        return Path(solcx.get_executable(max(installed)))
+        return Path(solcx.install.get_executable(max(installed)))
     node_modules = contracts_dir().parent / "node_modules" / ".bin" / "solcjs"
     if node_modules.exists():
         return SOLCJS_SHIM

@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 
 from chain.compiler import contracts_dir
+from chain.errors import ChainError
 
 # anvil's first default dev account (funded with 10 000 ETH on every fresh anvil chain)
 ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 
 
-class DevnetError(RuntimeError):
+class DevnetError(ChainError):
     pass
 
 
@@ -43,7 +44,9 @@ def port_in_use(port: int) -> bool:
 class Devnet:
     """One anvil process; `stop()` ends it by its PID and lets it write its state."""
 
-    def __init__(self, port: int = 8545, state: Path | None = None, chain_id: int = 31337, block_time: float | None = None):
+    def __init__(
+        self, port: int = 8545, state: Path | None = None, chain_id: int = 31337, block_time: float | None = None
+    ):
         self.port, self.state, self.chain_id, self.block_time = port, state, chain_id, block_time
         self.process: subprocess.Popen | None = None
 
@@ -51,11 +54,19 @@ class Devnet:
     def rpc_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 30) -> "Devnet":
+    def start(self, timeout_s: float = 30) -> Devnet:
         if port_in_use(self.port):
             raise DevnetError(f"port {self.port} on 127.0.0.1 is already in use (another devnet?); pass --port")
-        cmd = [str(foundry_tool("anvil")), "--host", "127.0.0.1", "--port", str(self.port),
-               "--chain-id", str(self.chain_id), "--silent"]
+        cmd = [
+            str(foundry_tool("anvil")),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--chain-id",
+            str(self.chain_id),
+            "--silent",
+        ]
         if self.state is not None:
             Path(self.state).parent.mkdir(parents=True, exist_ok=True)
             cmd += ["--state", str(self.state)]
@@ -65,7 +76,7 @@ class Devnet:
         deadline = time.monotonic() + timeout_s
         while not port_in_use(self.port):
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode().strip().splitlines()
+                err = self.process.stderr.read().decode().strip().splitlines() if self.process.stderr else []
                 raise DevnetError(f"anvil exited at start: {err[-1] if err else 'no message'}")
             if time.monotonic() > deadline:
                 self.stop()
@@ -84,7 +95,7 @@ class Devnet:
             self.process.kill()
             self.process.wait()
 
-    def __enter__(self) -> "Devnet":
+    def __enter__(self) -> Devnet:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -22,9 +22,9 @@ def _jsonable(value):
     return value
 
 
-def fetch_events(w3: Web3, address: str, from_block: int = 0, to_block: int | str = "latest") -> list[dict]:
+def fetch_events(w3: Web3, address: str, from_block: int = 0, to_block: int | None = None) -> list[dict]:
     """Every event `address` emitted in the block range, decoded with the committed ABI."""
-    latest = w3.eth.block_number if to_block == "latest" else to_block
+    latest = w3.eth.block_number if to_block is None else to_block
     if from_block > latest:  # nothing was written (e.g. a rerun whose records all existed)
         return []
     abi = load_artifact()["abi"]
@@ -36,13 +36,15 @@ def fetch_events(w3: Web3, address: str, from_block: int = 0, to_block: int | st
         if event_abi is None:
             continue
         decoded = get_event_data(w3.codec, event_abi, log)
-        events.append({
-            "event": decoded["event"],
-            "block": decoded["blockNumber"],
-            "tx": decoded["transactionHash"].to_0x_hex(),
-            "log_index": decoded["logIndex"],
-            "args": _jsonable(dict(decoded["args"])),
-        })
+        events.append(
+            {
+                "event": decoded["event"],
+                "block": decoded["blockNumber"],
+                "tx": decoded["transactionHash"].to_0x_hex(),
+                "log_index": decoded["logIndex"],
+                "args": _jsonable(dict(decoded["args"])),
+            }
+        )
     return events
 
 

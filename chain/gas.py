@@ -1,12 +1,14 @@
 """Measure the gas of every ModelRegistry write, on py-evm and (if running) anvil.
 
-    python -m chain.gas [--rpc URL]    prints the markdown table kept in docs/contracts.md
+python -m chain.gas [--rpc URL]    prints the markdown table kept in docs/contracts.md
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+
+from eth_typing import HexStr
 
 from chain.backends import connect
 from chain.identity import KIND_TEACHER, Attestation, Publication, derive_account, sign
@@ -24,16 +26,17 @@ def measure(rpc_url: str | None = None) -> dict[str, int]:
     admin, relayer, distiller, node = (derive_account(99, n) for n in ("admin", "relayer", "distiller", "node"))
     fund(w3, [admin.address, relayer.address, distiller.address])
     registry, _ = Registry.deploy(w3, admin)
-    receipt = w3.eth.get_transaction_receipt(_)
+    receipt = w3.eth.get_transaction_receipt(HexStr(_))
     gas = {"deploy": receipt["gasUsed"]}
     for role, who in (("RELAYER", relayer), ("DISTILLER", distiller), ("DATA_NODE", node)):
         tx = registry.grant(role, who.address, admin)
-        gas["grantRole"] = w3.eth.get_transaction_receipt(tx)["gasUsed"]
+        gas["grantRole"] = w3.eth.get_transaction_receipt(HexStr(tx))["gasUsed"]
     run_id = _h("run")
 
     def publish(model: bytes) -> int:
-        pub = Publication(node.address, model, KIND_TEACHER, 0, run_id, URI, registry.nonce(node.address),
-                          registry.deadline())
+        pub = Publication(
+            node.address, model, KIND_TEACHER, 0, run_id, URI, registry.nonce(node.address), registry.deadline()
+        )
         return registry.register_teacher(pub, sign(node, pub, registry.domain()), relayer)["gasUsed"]
 
     gas["registerTeacher (node's first)"] = publish(_h("t1"))
@@ -43,10 +46,12 @@ def measure(rpc_url: str | None = None) -> dict[str, int]:
         for t in teachers[2:]:
             publish(t)
         gas[f"commitStudent ({n} teacher{'s' if n > 1 else ''})"] = registry.commit_student(
-            _h(f"s{n}"), run_id, teachers[:n], "softtarget", _h("cfg"), 2000, URI, distiller)["gasUsed"]
+            _h(f"s{n}"), run_id, teachers[:n], "softtarget", _h("cfg"), 2000, URI, distiller
+        )["gasUsed"]
 
     gas["registerAggregate (2 sources)"] = registry.register_aggregate(
-        _h("agg"), run_id, 1, [_h("t1"), _h("t2")], "FedAvg", 900, URI, relayer)["gasUsed"]
+        _h("agg"), run_id, 1, [_h("t1"), _h("t2")], "FedAvg", 900, URI, relayer
+    )["gasUsed"]
 
     def attest(model: bytes) -> int:
         att = Attestation(node.address, model, run_id, 9123, 134, registry.nonce(node.address), registry.deadline())

@@ -29,7 +29,12 @@ class Domain:
     contract: str
 
     def as_eip712(self) -> dict:
-        return {"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": self.chain_id, "verifyingContract": self.contract}
+        return {
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": self.chain_id,
+            "verifyingContract": self.contract,
+        }
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,14 @@ class Publication:
     deadline: int
 
     TYPE = [
-        ("node", "address"), ("modelHash", "bytes32"), ("kind", "uint8"), ("round", "uint32"),
-        ("runId", "bytes32"), ("uri", "string"), ("nonce", "uint256"), ("deadline", "uint256"),
+        ("node", "address"),
+        ("modelHash", "bytes32"),
+        ("kind", "uint8"),
+        ("round", "uint32"),
+        ("runId", "bytes32"),
+        ("uri", "string"),
+        ("nonce", "uint256"),
+        ("deadline", "uint256"),
     ]
 
     def as_struct(self) -> tuple:
@@ -63,12 +74,25 @@ class Attestation:
     deadline: int
 
     TYPE = [
-        ("node", "address"), ("modelHash", "bytes32"), ("runId", "bytes32"), ("accuracyBps", "uint16"),
-        ("numExamples", "uint32"), ("nonce", "uint256"), ("deadline", "uint256"),
+        ("node", "address"),
+        ("modelHash", "bytes32"),
+        ("runId", "bytes32"),
+        ("accuracyBps", "uint16"),
+        ("numExamples", "uint32"),
+        ("nonce", "uint256"),
+        ("deadline", "uint256"),
     ]
 
     def as_struct(self) -> tuple:
-        return (self.node, self.model_hash, self.run_id, self.accuracy_bps, self.num_examples, self.nonce, self.deadline)
+        return (
+            self.node,
+            self.model_hash,
+            self.run_id,
+            self.accuracy_bps,
+            self.num_examples,
+            self.nonce,
+            self.deadline,
+        )
 
 
 def typed_data(message: Publication | Attestation, domain: Domain) -> dict:
@@ -77,7 +101,10 @@ def typed_data(message: Publication | Attestation, domain: Domain) -> dict:
     return {
         "types": {
             "EIP712Domain": [
-                ("name", "string"), ("version", "string"), ("chainId", "uint256"), ("verifyingContract", "address"),
+                ("name", "string"),
+                ("version", "string"),
+                ("chainId", "uint256"),
+                ("verifyingContract", "address"),
             ],
             primary: message.TYPE,
         },
@@ -131,6 +158,19 @@ def load_key(path: Path) -> LocalAccount:
 
 
 __all__ = [
-    "KIND_BY_NAME", "KIND_EBM", "KIND_GENERATOR", "KIND_NAMES", "KIND_STUDENT", "KIND_TEACHER", "Attestation", "Domain",
-    "Publication", "derive_account", "load_key", "recover", "run_id_of", "save_key", "sign",
+    "KIND_BY_NAME",
+    "KIND_EBM",
+    "KIND_GENERATOR",
+    "KIND_NAMES",
+    "KIND_STUDENT",
+    "KIND_TEACHER",
+    "Attestation",
+    "Domain",
+    "Publication",
+    "derive_account",
+    "load_key",
+    "recover",
+    "run_id_of",
+    "save_key",
+    "sign",
 ]

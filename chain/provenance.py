@@ -40,24 +40,57 @@ def index_events(events: list[dict]) -> dict[str, Registration]:
         a = e["args"]
         if e["event"] == "TeacherRegistered":
             models[_norm(a["modelHash"])] = Registration(
-                _norm(a["modelHash"]), KIND_NAMES.get(a["kind"], str(a["kind"])), a["node"], e["block"], e["tx"],
-                a["runId"], a["round"], a["uri"])
+                _norm(a["modelHash"]),
+                KIND_NAMES.get(a["kind"], str(a["kind"])),
+                a["node"],
+                e["block"],
+                e["tx"],
+                a["runId"],
+                a["round"],
+                a["uri"],
+            )
         elif e["event"] == "AggregateRegistered":
             models[_norm(a["modelHash"])] = Registration(
-                _norm(a["modelHash"]), "aggregate", a["coordinator"], e["block"], e["tx"], a["runId"], a["round"],
-                a["uri"], method=a["method"], sample_count=a["sampleCount"], teachers=[_norm(t) for t in a["sourceHashes"]])
+                _norm(a["modelHash"]),
+                "aggregate",
+                a["coordinator"],
+                e["block"],
+                e["tx"],
+                a["runId"],
+                a["round"],
+                a["uri"],
+                method=a["method"],
+                sample_count=a["sampleCount"],
+                teachers=[_norm(t) for t in a["sourceHashes"]],
+            )
         elif e["event"] == "StudentCommitted":
             models[_norm(a["modelHash"])] = Registration(
-                _norm(a["modelHash"]), KIND_NAMES[KIND_STUDENT], a["distiller"], e["block"], e["tx"], a["runId"],
-                uri=a["uri"], method=a["method"], config_hash=a["configHash"], sample_count=a["sampleCount"],
-                teachers=[_norm(t) for t in a["teacherHashes"]])
+                _norm(a["modelHash"]),
+                KIND_NAMES[KIND_STUDENT],
+                a["distiller"],
+                e["block"],
+                e["tx"],
+                a["runId"],
+                uri=a["uri"],
+                method=a["method"],
+                config_hash=a["configHash"],
+                sample_count=a["sampleCount"],
+                teachers=[_norm(t) for t in a["teacherHashes"]],
+            )
     for e in events:
         if e["event"] == "AccuracyAttested":
             a = e["args"]
             model = models.get(_norm(a["modelHash"]))
             if model is not None:
-                model.accuracies.append({"node": a["node"], "accuracy_bps": a["accuracyBps"],
-                                         "num_examples": a["numExamples"], "block": e["block"], "tx": e["tx"]})
+                model.accuracies.append(
+                    {
+                        "node": a["node"],
+                        "accuracy_bps": a["accuracyBps"],
+                        "num_examples": a["numExamples"],
+                        "block": e["block"],
+                        "tx": e["tx"],
+                    }
+                )
     return models
 
 

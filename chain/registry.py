@@ -17,15 +17,17 @@ from eth_tester.exceptions import TransactionFailed
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError
+from web3.types import TxReceipt, Wei
 
 from chain.backends import is_embedded
 from chain.compiler import load_artifact
+from chain.errors import ChainError
 from chain.identity import Attestation, Domain, Publication
 
 ROLES = {name: keccak(text=f"{name}_ROLE") for name in ("DATA_NODE", "DISTILLER", "RELAYER")}
 
 
-class RegistryError(RuntimeError):
+class RegistryError(ChainError):
     """A revert of ModelRegistry, by the contract's own error name."""
 
     def __init__(self, name: str, args: tuple = (), tx: str = ""):
@@ -71,7 +73,7 @@ def _revert_data(exc: Exception) -> bytes | None:
         literal = re.search(r"""b['"]""", c) if isinstance(c, str) else None
         if literal:  # eth-tester: "execution reverted: b'...'" (or b"..." when the data holds a quote)
             try:
-                return ast.literal_eval(c[literal.start():])
+                return ast.literal_eval(c[literal.start() :])
             except (ValueError, SyntaxError):
                 continue
         if isinstance(c, str):
@@ -99,14 +101,17 @@ class Registry:
         return self.contract.address
 
     @classmethod
-    def deploy(cls, w3: Web3, admin: LocalAccount) -> tuple["Registry", str]:
+    def deploy(cls, w3: Web3, admin: LocalAccount) -> tuple[Registry, str]:
         artifact = load_artifact()
         factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
         receipt = send(w3, factory.constructor(admin.address), admin)
-        return cls(w3, receipt["contractAddress"]), receipt["transactionHash"].to_0x_hex()
+        address = receipt["contractAddress"]
+        if address is None:
+            raise ChainError(f"ModelRegistry deploy {receipt['transactionHash'].to_0x_hex()}: no contract address")
+        return cls(w3, address), receipt["transactionHash"].to_0x_hex()
 
     # -- writes ------------------------------------------------------------------------------
-    def _send(self, fn, sender: LocalAccount) -> dict:
+    def _send(self, fn, sender: LocalAccount) -> TxReceipt:
         start = time.perf_counter()
         try:
             return send(self.w3, fn, sender)
@@ -132,26 +137,40 @@ class Registry:
     def grant(self, role: str, account: str, admin: LocalAccount) -> str:
         return self._send(self.contract.functions.grantRole(ROLES[role], account), admin)["transactionHash"].to_0x_hex()
 
-    def register_teacher(self, pub: Publication, signature: bytes, relayer: LocalAccount) -> dict:
+    def register_teacher(self, pub: Publication, signature: bytes, relayer: LocalAccount) -> TxReceipt:
         return self._send(self.contract.functions.registerTeacher(pub.as_struct(), signature), relayer)
 
     def commit_student(
-        self, model_hash: bytes, run_id: bytes, teacher_hashes: list[bytes], method: str, config_hash: bytes,
-        sample_count: int, uri: str, distiller: LocalAccount,
-    ) -> dict:
+        self,
+        model_hash: bytes,
+        run_id: bytes,
+        teacher_hashes: list[bytes],
+        method: str,
+        config_hash: bytes,
+        sample_count: int,
+        uri: str,
+        distiller: LocalAccount,
+    ) -> TxReceipt:
         fn = self.contract.functions.commitStudent(
             model_hash, run_id, teacher_hashes, method, config_hash, sample_count, uri
         )
         return self._send(fn, distiller)
 
     def register_aggregate(
-        self, model_hash: bytes, run_id: bytes, round_: int, sources: list[bytes], method: str, sample_count: int,
-        uri: str, relayer: LocalAccount,
-    ) -> dict:
+        self,
+        model_hash: bytes,
+        run_id: bytes,
+        round_: int,
+        sources: list[bytes],
+        method: str,
+        sample_count: int,
+        uri: str,
+        relayer: LocalAccount,
+    ) -> TxReceipt:
         fn = self.contract.functions.registerAggregate(model_hash, run_id, round_, sources, method, sample_count, uri)
         return self._send(fn, relayer)
 
-    def attest(self, att: Attestation, signature: bytes, relayer: LocalAccount) -> dict:
+    def attest(self, att: Attestation, signature: bytes, relayer: LocalAccount) -> TxReceipt:
         return self._send(self.contract.functions.attestAccuracy(att.as_struct(), signature), relayer)
 
     # -- reads -------------------------------------------------------------------------------
@@ -191,10 +210,13 @@ class Registry:
 EMBEDDED_GAS_LIMIT = 10_000_000  # a third of the block limit; deploying the registry takes ~2M
 
 
-def send(w3: Web3, fn, sender: LocalAccount) -> dict:
+def send(w3: Web3, fn, sender: LocalAccount) -> TxReceipt:
     """Sign locally with `sender` (works on any RPC), send, and wait for the receipt."""
-    fields = {"from": sender.address, "nonce": w3.eth.get_transaction_count(sender.address, "pending"),
-              "chainId": w3.eth.chain_id}
+    fields = {
+        "from": sender.address,
+        "nonce": w3.eth.get_transaction_count(sender.address, "pending"),
+        "chainId": w3.eth.chain_id,
+    }
     if is_embedded(w3):
         fields["gas"] = EMBEDDED_GAS_LIMIT
     tx = fn.build_transaction(fields)
@@ -212,5 +234,6 @@ def fund(w3: Web3, accounts: list[str], wei: int = 10**20) -> None:
     """Give dev-chain ether to `accounts` from the chain's first unlocked account."""
     funder = w3.eth.accounts[0]
     for account in accounts:
-        if w3.eth.get_balance(account) < wei // 2:
-            w3.eth.wait_for_transaction_receipt(w3.eth.send_transaction({"from": funder, "to": account, "value": wei}))
+        if w3.eth.get_balance(Web3.to_checksum_address(account)) < wei // 2:
+            tx = w3.eth.send_transaction({"from": funder, "to": account, "value": Wei(wei)})
+            w3.eth.wait_for_transaction_receipt(tx)

@@ -13,20 +13,20 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
-
-import torch
 from safetensors.torch import load as st_load
 
+from chain.errors import ArtifactError
 from node.models import Classifier, Ensemble, build_model
 
 
-class TamperedArtifact(RuntimeError):
+class TamperedArtifact(ArtifactError):
     pass
 
 
@@ -71,7 +71,8 @@ def unseal(sealed: bytes, recipient: X25519PrivateKey, model_hash: bytes, *, own
     except InvalidTag:
         raise TamperedArtifact(
             f"sealed artifact 0x{model_hash.hex()} from {owner} fails authentication (tampered, or not sealed for this "
-            "distiller)") from None
+            "distiller)"
+        ) from None
 
 
 def save_seal_key(key: X25519PrivateKey, path: Path) -> None:
@@ -87,8 +88,16 @@ def load_seal_key(path: Path) -> X25519PrivateKey:
 
 
 DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
 }
 
 
@@ -113,8 +122,9 @@ def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, 
     return len(text).to_bytes(8, "little") + text + b"".join(chunks)
 
 
-def serialize(model: torch.nn.Module, architecture: str, input_shape, num_classes: int, *,
-              label_counts: list[int] | None = None) -> bytes:
+def serialize(
+    model: torch.nn.Module, architecture: str, input_shape, num_classes: int, *, label_counts: list[int] | None = None
+) -> bytes:
     """Same weights, same bytes, in any process. An Ensemble of `architecture` members is one file too.
 
     A teacher's file can carry the class histogram of the data it was trained on: inside the file,
@@ -158,7 +168,8 @@ def deserialize(blob: bytes, expected_hash: bytes, *, owner: str = "?") -> Class
     actual = sha256(blob)
     if actual != expected_hash:
         raise TamperedArtifact(
-            f"artifact from {owner} does not match its on-chain hash 0x{expected_hash.hex()} (file hashes to 0x{actual.hex()})"
+            f"artifact from {owner} does not match its on-chain hash 0x{expected_hash.hex()} "
+            f"(file hashes to 0x{actual.hex()})"
         )
     meta = read_metadata(blob)
     shape, classes, arch = tuple(json.loads(meta["input_shape"])), int(meta["num_classes"]), meta["architecture"]
@@ -210,7 +221,9 @@ class ArtifactStore:
         sealed = self.path(model_hash, sealed=True)
         if sealed.exists():
             if self.seal_key is None:
-                raise TamperedArtifact(f"artifact 0x{model_hash.hex()} from {owner} is sealed and this store has no key")
+                raise TamperedArtifact(
+                    f"artifact 0x{model_hash.hex()} from {owner} is sealed and this store has no key"
+                )
             return unseal(sealed.read_bytes(), self.seal_key, model_hash, owner=owner)
         raise TamperedArtifact(f"artifact 0x{model_hash.hex()} from {owner} is missing from the store at {path}")
 

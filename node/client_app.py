@@ -84,7 +84,7 @@ def identify(msg: Message, context: Context) -> Message:
     return _reply(msg, identity=identity, metrics=metrics)
 
 
-def _inject_fault(node: "DataNode", phase: str) -> None:
+def _inject_fault(node: DataNode, phase: str) -> None:
     faults = FaultConfig.model_validate_json(node.task["faults"])
     if node.partition_id in getattr(faults, phase):
         raise RuntimeError(f"injected fault: partition {node.partition_id} fails in {phase}")
@@ -110,23 +110,47 @@ def train(msg: Message, context: Context) -> Message:
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     batch_seed = node.seed + node.partition_id + 7919 * round_
     augment = Augment(2, spec.flip, spec.bounds[0], torch.Generator().manual_seed(batch_seed)) if cfg.augment else None
-    loss = train_classifier(model, train_split, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                            seed=batch_seed, augment=augment, cosine=cfg.cosine)
+    loss = train_classifier(
+        model,
+        train_split,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=batch_seed,
+        augment=augment,
+        cosine=cfg.cosine,
+    )
     published = {"teacher": model}
     if round_ == 0:  # one-shot: the method may want more from the data's owner
         proxy_student = build_model(distill.student, spec.input_shape, spec.num_classes)
         published |= method_class(distill.method).node_side(
-            model, proxy_student, train_split.x, train_split.y, distill.options, seed=node_seed,
-            space=InputSpace(spec.input_shape, *spec.bounds, flip=spec.flip))
+            model,
+            proxy_student,
+            train_split.x,
+            train_split.y,
+            distill.options,
+            seed=node_seed,
+            space=InputSpace(spec.input_shape, *spec.bounds, flip=spec.flip),
+        )
     seal_to = bytes(node.task["seal-to"])  # the distiller's X25519 key when files travel sealed
     counts = label_counts(train_split, spec.num_classes)
     records, hashes, signatures = {}, [], []
     for i, (kind, published_model) in enumerate(published.items()):
-        blob = serialize(published_model, cfg.model, spec.input_shape, spec.num_classes,
-                         label_counts=counts if kind == "teacher" else None)
+        blob = serialize(
+            published_model,
+            cfg.model,
+            spec.input_shape,
+            spec.num_classes,
+            label_counts=counts if kind == "teacher" else None,
+        )
         publication = Publication(
-            node=node.account.address, model_hash=sha256(blob), kind=KIND_BY_NAME[kind], round=round_,
-            run_id=node.task["run-id"], uri=str(node.task["uri"]), nonce=int(node.task["nonce"]) + i,
+            node=node.account.address,
+            model_hash=sha256(blob),
+            kind=KIND_BY_NAME[kind],
+            round=round_,
+            run_id=node.task["run-id"],
+            uri=str(node.task["uri"]),
+            nonce=int(node.task["nonce"]) + i,
             deadline=int(node.task["deadline"]),
         )
         key = "arrays" if kind == "teacher" else kind
@@ -136,8 +160,9 @@ def train(msg: Message, context: Context) -> Message:
             records[key] = ArrayRecord(published_model.state_dict())
         hashes.append(publication.model_hash)
         signatures.append(sign(node.account, publication, node.domain()))
-    signed = ConfigRecord({"address": node.account.address, "kinds": list(published), "model-hashes": hashes,
-                           "signatures": signatures})
+    signed = ConfigRecord(
+        {"address": node.account.address, "kinds": list(published), "model-hashes": hashes, "signatures": signatures}
+    )
     metrics = MetricRecord({"train-loss": loss, "num-examples": len(train_split)})
     return _reply(msg, **records, publication=signed, metrics=metrics)
 
@@ -162,12 +187,24 @@ def evaluate(msg: Message, context: Context) -> Message:
     signed_hashes = [h for h in hashes if h in to_attest]
     for i, model_hash in enumerate(signed_hashes):
         att = Attestation(
-            node=node.account.address, model_hash=model_hash, run_id=node.task["run-id"],
-            accuracy_bps=bps[hashes.index(model_hash)], num_examples=len(test_split), nonce=nonce + i, deadline=deadline,
+            node=node.account.address,
+            model_hash=model_hash,
+            run_id=node.task["run-id"],
+            accuracy_bps=bps[hashes.index(model_hash)],
+            num_examples=len(test_split),
+            nonce=nonce + i,
+            deadline=deadline,
         )
         signatures.append(sign(node.account, att, node.domain()))
-    result = ConfigRecord({
-        "address": node.account.address, "model-hashes": hashes, "accuracy-bps": bps, "num-examples": len(test_split),
-        "signed-hashes": signed_hashes, "signatures": signatures, "nonce": nonce,
-    })
+    result = ConfigRecord(
+        {
+            "address": node.account.address,
+            "model-hashes": hashes,
+            "accuracy-bps": bps,
+            "num-examples": len(test_split),
+            "signed-hashes": signed_hashes,
+            "signatures": signatures,
+            "nonce": nonce,
+        }
+    )
     return _reply(msg, attestations=result)

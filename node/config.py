@@ -5,6 +5,8 @@ Every model forbids unknown keys, so a typo in YAML is an error that names the f
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +26,9 @@ class DataConfig(Strict):
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration: smaller is more heterogeneous")
     classes_per_node: int = Field(2, ge=1, description="pathological partitioner: classes each node holds")
     min_partition_size: int = Field(40, ge=1)
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of each node's partition kept as its private test split")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="share of each node's partition kept as its private test split"
+    )
 
 
 class TeacherConfig(Strict):
@@ -47,18 +51,27 @@ class DistillConfig(StudentLoop):
 
 class FederationConfig(Strict):
     mode: Literal["one-shot", "fedavg"] = Field(
-        "one-shot", description="one-shot: every node trains its own teacher once (DENSE's setting); "
-                                "fedavg: a Flower strategy builds one global teacher over `rounds`")
+        "one-shot",
+        description="one-shot: every node trains its own teacher once (DENSE's setting); "
+        "fedavg: a Flower strategy builds one global teacher over `rounds`",
+    )
     rounds: int = Field(3, ge=1, description="fedavg rounds")
     strategy: str = Field("FedAvg", description="a strategy of flwr.serverapp.strategy, by name")
     min_nodes: int = Field(1, ge=1, description="the run fails if fewer nodes complete training")
     ensemble_weights: Literal["samples", "uniform", "label-counts"] = Field(
-        "samples", description="one-shot ensemble: logits weighted per node by its train size, uniformly, or per node "
-                               "and class by the class histogram signed inside each teacher's file")
-    evaluate_ensemble: bool | None = Field(None, description="nodes also attest the ensemble (default: 10 nodes or fewer)")
+        "samples",
+        description="one-shot ensemble: logits weighted per node by its train size, uniformly, or per node "
+        "and class by the class histogram signed inside each teacher's file",
+    )
+    evaluate_ensemble: bool | None = Field(
+        None, description="nodes also attest the ensemble (default: 10 nodes or fewer)"
+    )
     evaluate_fedavg_once: bool = Field(True, description="one-shot: also attest the teachers' weights averaged once")
-    seal_artifacts: bool = Field(False, description="one-shot: nodes encrypt their files for the distiller (X25519, "
-                                                    "AES-GCM); the coordinator keeps and relays only ciphertext")
+    seal_artifacts: bool = Field(
+        False,
+        description="one-shot: nodes encrypt their files for the distiller (X25519, "
+        "AES-GCM); the coordinator keeps and relays only ciphertext",
+    )
 
 
 class FaultConfig(Strict):
@@ -66,3 +79,8 @@ class FaultConfig(Strict):
 
     train: list[int] = Field(default_factory=list)
     evaluate: list[int] = Field(default_factory=list)
+
+
+def config_digest(document: dict) -> bytes:
+    """SHA-256 of a configuration's canonical JSON: what commitStudent records as configHash."""
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).digest()

@@ -16,6 +16,7 @@ import torch
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
+from chain.errors import DataError
 from node.config import DataConfig
 
 
@@ -37,7 +38,7 @@ class Split:
         return len(self.y)
 
 
-class DatasetError(ValueError):
+class DatasetError(DataError):
     pass
 
 
@@ -82,8 +83,13 @@ def _idx_dataset(name: str, folder: Path, split: str) -> tuple[np.ndarray, np.nd
 class _ArraysOnly(pickle.Unpickler):
     """CIFAR's python batches are pickles: allow exactly what they hold (dicts of bytes, lists, arrays)."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("copyreg", "_reconstructor")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("copyreg", "_reconstructor"),
+    }
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -133,8 +139,11 @@ SPECS = {
 }
 # Datasets read from a local folder, with the folder used when data.path is not given.
 PATH_DATASETS = {
-    "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"), "mnist": Path("data/mnist"),
-    "cifar10": Path("data/cifar-10-batches-py"), "cifar100": Path("data/cifar-100-python"), "svhn": Path("data/svhn"),
+    "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
+    "mnist": Path("data/mnist"),
+    "cifar10": Path("data/cifar-10-batches-py"),
+    "cifar100": Path("data/cifar-100-python"),
+    "svhn": Path("data/svhn"),
 }
 LOADERS = {
     "digits": lambda folder, split: _digits(),

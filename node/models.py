@@ -7,12 +7,14 @@ the layers after it. Data-free methods reach into exactly these three pieces.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-MODELS: dict[str, Callable[..., "Classifier"]] = {}
+from chain.errors import ConfigError
+
+MODELS: dict[str, Callable[..., Classifier]] = {}
 
 
 def register_model(name: str):
@@ -48,8 +50,7 @@ class SmallCNN(Classifier):
     """Two 3x3 conv layers, a max-pool and two FC layers: sized for 8x8 digits; `bn` adds batch norm
     after each conv (what BN-statistics inversion needs)."""
 
-    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: int, hidden: int,
-                 bn: bool = False):
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: int, hidden: int, bn: bool = False):
         super().__init__()
         channels, height, width_px = input_shape
 
@@ -100,9 +101,12 @@ class LeNet5(Classifier):
             return layers + ([nn.BatchNorm2d(cout)] if bn else []) + [nn.ReLU()]
 
         self.features = nn.Sequential(
-            *conv(channels, c1, pad), nn.MaxPool2d(2),
-            *conv(c1, c2), nn.MaxPool2d(2),
-            *conv(c2, c3), nn.Flatten(),
+            *conv(channels, c1, pad),
+            nn.MaxPool2d(2),
+            *conv(c1, c2),
+            nn.MaxPool2d(2),
+            *conv(c2, c3),
+            nn.Flatten(),
         )
         side = ((height + 2 * pad - 4) // 2 - 4) // 2 - 4  # after conv-pool-conv-pool-conv: 1 for 32x32
         self.fc_penult = nn.Linear(c3 * side * side, hidden)
@@ -125,12 +129,18 @@ class AlexNetCIFAR(Classifier):
 
         def block(cin, cout, k, pool):
             return [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU()] + (
-                [nn.MaxPool2d(2)] if pool else [])
+                [nn.MaxPool2d(2)] if pool else []
+            )
 
         self.features = nn.Sequential(
-            *block(channels, w[0], 5, True), *block(w[0], w[1], 5, True), *block(w[1], w[2], 3, False),
-            *block(w[2], w[3], 3, False), *block(w[3], w[4], 3, True), nn.Flatten(),
-            nn.Linear(w[4] * (height // 8) ** 2, w[5]), nn.ReLU(),
+            *block(channels, w[0], 5, True),
+            *block(w[0], w[1], 5, True),
+            *block(w[1], w[2], 3, False),
+            *block(w[2], w[3], 3, False),
+            *block(w[3], w[4], 3, True),
+            nn.Flatten(),
+            nn.Linear(w[4] * (height // 8) ** 2, w[5]),
+            nn.ReLU(),
         )
         self.fc_penult = nn.Linear(w[5], w[6])
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(w[6], num_classes))
@@ -140,11 +150,17 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
-        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x):
         return torch.relu(self.body(x) + self.shortcut(x))
@@ -171,8 +187,12 @@ class WideBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.pre = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU())
-        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False))
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+        )
         self.shortcut = None if stride == 1 and cin == cout else nn.Conv2d(cin, cout, 1, stride, bias=False)
 
     def forward(self, x):
@@ -203,16 +223,18 @@ register_model("resnet34")(lambda shape, classes: ResNet(shape, classes, 64, [64
 register_model("resnet8x4")(lambda shape, classes: ResNet(shape, classes, 32, [64, 128, 256], [1, 1, 1]))
 register_model("resnet32x4")(lambda shape, classes: ResNet(shape, classes, 32, [64, 128, 256], [5, 5, 5]))
 for _depth, _widen in ((16, 1), (16, 2), (40, 1), (40, 2)):
-    register_model(f"wrn-{_depth}-{_widen}")(lambda shape, classes, d=_depth, k=_widen: WideResNet(shape, classes, d, k))
+    register_model(f"wrn-{_depth}-{_widen}")(
+        lambda shape, classes, d=_depth, k=_widen: WideResNet(shape, classes, d, k)
+    )
 
 
-class UnknownModel(ValueError):
-    pass
+class UnknownArchitecture(ConfigError):
+    """A model architecture name no one registered (the contract's `UnknownModel` is an unregistered hash)."""
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> Classifier:
     if name not in MODELS:
-        raise UnknownModel(f"unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
+        raise UnknownArchitecture(f"unknown architecture {name!r} (known: {', '.join(sorted(MODELS))})")
     return MODELS[name](tuple(input_shape), num_classes)
 
 
@@ -232,7 +254,9 @@ class Ensemble(nn.Module):
             classes = num_classes or int(members[0].classifier_weight().shape[0])
             w = w[:, None].expand(len(members), classes)
         if w.shape[0] != len(members) or (w < 0).any():
-            raise ValueError(f"ensemble weights: expected non-negative weights for {len(members)} members, got {tuple(w.shape)}")
+            raise ValueError(
+                f"ensemble weights: expected non-negative weights for {len(members)} members, got {tuple(w.shape)}"
+            )
         self.register_buffer("weights", w / w.sum(0, keepdim=True).clamp_min(1e-12))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

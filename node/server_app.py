@@ -15,25 +15,23 @@ One run, in four phases (docs/architecture.md has the picture):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
-
-import torch
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from eth_account.signers.local import LocalAccount
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from chain.errors import ArtifactError, ConfigError, RunFailed
 from chain.identity import KIND_BY_NAME, Attestation, Publication
 from chain.registry import Registry, RegistryError
 from node.artifacts import ArtifactStore, average_weights, serialize, sha256
 from node.client_app import array_to_blob, blob_to_array
-from node.config import DataConfig, DistillConfig, FaultConfig, FederationConfig, TeacherConfig
+from node.config import DataConfig, DistillConfig, FaultConfig, FederationConfig, TeacherConfig, config_digest
 from node.data import spec_of
 from node.distiller import distill_student
 from node.models import Ensemble, build_model
@@ -58,11 +56,6 @@ class NodeRecord:
         return self.published.get("teacher")
 
 
-def config_digest(document: dict) -> bytes:
-    """SHA-256 of a configuration's canonical JSON: what commitStudent records as configHash."""
-    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).digest()
-
-
 @dataclass
 class RunLedger:
     """What happened, for the report: nodes, models, every transaction."""
@@ -76,8 +69,9 @@ class RunLedger:
 
     def tx(self, what: str, receipt: dict, **extra) -> str:
         tx_hash = receipt["transactionHash"].to_0x_hex()
-        self.transactions.append({"what": what, "tx": tx_hash, "block": receipt["blockNumber"],
-                                  "gas": receipt["gasUsed"], **extra})
+        self.transactions.append(
+            {"what": what, "tx": tx_hash, "block": receipt["blockNumber"], "gas": receipt["gasUsed"], **extra}
+        )
         return tx_hash
 
 
@@ -108,12 +102,22 @@ class Coordinator:
 
     # -- messages ----------------------------------------------------------------------------
     def _task(self, **extra) -> ConfigRecord:
-        return ConfigRecord({
-            "seed": self.seed, "data": self.data.model_dump_json(), "teacher": self.teacher.model_dump_json(),
-            "distill": self.distill.model_dump_json(), "faults": self.faults.model_dump_json(),
-            "keys-dir": str(self.keys_dir), "run-id": self.run_id, "uri": self.uri, "seal-to": self.seal_to,
-            "chain-id": self.registry.domain().chain_id, "contract": self.registry.address, **extra,
-        })
+        return ConfigRecord(
+            {
+                "seed": self.seed,
+                "data": self.data.model_dump_json(),
+                "teacher": self.teacher.model_dump_json(),
+                "distill": self.distill.model_dump_json(),
+                "faults": self.faults.model_dump_json(),
+                "keys-dir": str(self.keys_dir),
+                "run-id": self.run_id,
+                "uri": self.uri,
+                "seal-to": self.seal_to,
+                "chain-id": self.registry.domain().chain_id,
+                "contract": self.registry.address,
+                **extra,
+            }
+        )
 
     def _exchange(self, grid: Grid, kind: str, contents: dict[int, RecordDict]) -> dict[int, Message]:
         messages = [Message(content, dst_node_id=nid, message_type=kind) for nid, content in contents.items()]
@@ -162,22 +166,31 @@ class Coordinator:
                 log.warning("node %s did not identify itself: %s", nid, reply.error.reason)
                 continue
             ident, metrics = reply.content["identity"], reply.content["metrics"]
-            record = NodeRecord(nid, int(ident["partition-id"]), str(ident["address"]), int(metrics["num-train"]),
-                                int(metrics["num-test"]), list(metrics["label-histogram"]))
+            record = NodeRecord(
+                nid,
+                int(ident["partition-id"]),
+                str(ident["address"]),
+                int(metrics["num-train"]),
+                int(metrics["num-test"]),
+                list(metrics["label-histogram"]),
+            )
             if not self.registry.has_role("DATA_NODE", record.address):
                 record.error = "identify: address lacks the DATA_NODE role"
             self.ledger.nodes.append(record)
         self.ledger.nodes.sort(key=lambda r: r.partition_id)
         if not self.active:
-            raise RuntimeError("no data node with the DATA_NODE role answered")
+            raise RunFailed("no data node with the DATA_NODE role answered")
 
-    def train_round(self, grid: Grid, round_: int, global_arrays: ArrayRecord | None) -> list[tuple[NodeRecord, Message]]:
+    def train_round(
+        self, grid: Grid, round_: int, global_arrays: ArrayRecord | None
+    ) -> list[tuple[NodeRecord, Message]]:
         """One training round: every node trains, signs; each file is rebuilt, hash-checked and registered."""
         deadline = self.registry.deadline()
         contents = {}
         for r in self.active:
-            content = RecordDict({"task": self._task(nonce=self.registry.nonce(r.address), deadline=deadline,
-                                                     round=round_)})
+            content = RecordDict(
+                {"task": self._task(nonce=self.registry.nonce(r.address), deadline=deadline, round=round_)}
+            )
             if global_arrays is not None:
                 content["arrays"] = global_arrays
             contents[r.node_id] = content
@@ -191,7 +204,8 @@ class Coordinator:
             signed, task = reply.content["publication"], contents[record.node_id]["task"]
             try:  # the teacher first, then what the method asked of nodes (GenKD's EBM), nonces in order
                 for i, (kind, model_hash, signature) in enumerate(
-                        zip(signed["kinds"], signed["model-hashes"], signed["signatures"])):
+                    zip(signed["kinds"], signed["model-hashes"], signed["signatures"])
+                ):
                     arrays = reply.content["arrays" if kind == "teacher" else kind]
                     if "sealed" in arrays:  # only the distiller can check it: after decrypting, before loading
                         actual = bytes(model_hash)
@@ -200,49 +214,72 @@ class Coordinator:
                         counts = record.label_histogram if kind == "teacher" else None
                         blob, actual = self._canonical(arrays.to_torch_state_dict(), counts)
                         if actual != bytes(model_hash):
-                            raise RegistryError("SignedHashMismatch", (bytes(model_hash), actual))
+                            raise ArtifactError(
+                                f"{kind} file hashes to 0x{actual.hex()}, the node signed 0x{bytes(model_hash).hex()}"
+                            )
                         self.store.put(blob)
                     publication = Publication(
-                        node=record.address, model_hash=actual, kind=KIND_BY_NAME[kind], round=round_,
-                        run_id=self.run_id, uri=self.uri, nonce=int(task["nonce"]) + i, deadline=int(task["deadline"]),
+                        node=record.address,
+                        model_hash=actual,
+                        kind=KIND_BY_NAME[kind],
+                        round=round_,
+                        run_id=self.run_id,
+                        uri=self.uri,
+                        nonce=int(task["nonce"]) + i,
+                        deadline=int(task["deadline"]),
                     )
                     self._register(record, kind, publication, bytes(signature))
-            except RegistryError as exc:  # this node's publication is refused; the others go on
+            except (RegistryError, ArtifactError) as exc:  # this node's publication is refused; the others go on
                 record.error = f"register: {exc}"
                 continue
             accepted.append((record, reply))
             self.progress(phase, done, len(contents))
         if len(accepted) < self.federation.min_nodes:
-            raise RuntimeError(f"only {len(accepted)} of {len(contents)} nodes completed training in {phase}; "
-                               f"federation.min_nodes is {self.federation.min_nodes}")
+            raise RunFailed(
+                f"only {len(accepted)} of {len(contents)} nodes completed training in {phase}; "
+                f"federation.min_nodes is {self.federation.min_nodes}"
+            )
         return accepted
 
     def _register(self, record: NodeRecord, kind: str, publication: Publication, signature: bytes) -> None:
         existing = self.registry.model(publication.model_hash)
         if existing.registered and existing.owner == record.address:  # a rerun on a persistent chain
-            log.info("%s 0x%s of %s is already on-chain (block %d)", kind, publication.model_hash.hex(),
-                     record.address, existing.block)
+            log.info(
+                "%s 0x%s of %s is already on-chain (block %d)",
+                kind,
+                publication.model_hash.hex(),
+                record.address,
+                existing.block,
+            )
         else:
             receipt = self.registry.register_teacher(publication, signature, self.relayer)
-            self.ledger.tx("TeacherRegistered", receipt, node=record.address, model=publication.model_hash.hex(),
-                           kind=kind, round=publication.round)
+            self.ledger.tx(
+                "TeacherRegistered",
+                receipt,
+                node=record.address,
+                model=publication.model_hash.hex(),
+                kind=kind,
+                round=publication.round,
+            )
         record.published[kind] = publication.model_hash
 
-    def _register_aggregate(self, name: str, model: torch.nn.Module, round_: int, sources: list[bytes], method: str,
-                            examples: int) -> bytes:
+    def _register_aggregate(
+        self, name: str, model: torch.nn.Module, round_: int, sources: list[bytes], method: str, examples: int
+    ) -> bytes:
         spec = self._spec()
         blob = serialize(model, self.teacher.model, spec.input_shape, spec.num_classes)
         model_hash = self.store.put(blob)
         if not self.registry.model(model_hash).registered:
-            receipt = self.registry.register_aggregate(model_hash, self.run_id, round_, sources, method, examples,
-                                                       self.uri, self.relayer)
+            receipt = self.registry.register_aggregate(
+                model_hash, self.run_id, round_, sources, method, examples, self.uri, self.relayer
+            )
             self.ledger.tx("AggregateRegistered", receipt, model=model_hash.hex(), kind=name, round=round_)
         self.ledger.aggregates[name] = model_hash
         return model_hash
 
     def ensemble(self, teachers: list[torch.nn.Module]) -> Ensemble:
         """The teachers as one model: logits weighted per node (train size, or uniform), or per node and class
-        by the class histogram inside each verified teacher file: for every class, the nodes that saw it speak for it."""
+        by the class histogram inside each verified teacher file: for each class, the nodes that saw it speak for it."""
         mode = self.federation.ensemble_weights
         if mode == "label-counts":
             return Ensemble(teachers, [list(t.label_counts) for t in teachers])
@@ -277,9 +314,10 @@ class Coordinator:
 
         cls = getattr(strategies, self.federation.strategy, None)
         if cls is None:
-            raise RuntimeError(f"federation.strategy: flwr.serverapp.strategy has no {self.federation.strategy!r}")
-        strategy = cls(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=1,
-                       min_available_nodes=1)
+            raise ConfigError(f"federation.strategy: flwr.serverapp.strategy has no {self.federation.strategy!r}")
+        strategy = cls(
+            fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1
+        )
         global_model = self.initial_model()
         arrays = ArrayRecord(global_model.state_dict())
         if hasattr(strategy, "current_arrays"):  # adaptive strategies (FedAdam, FedYogi, ...) keep the server model
@@ -288,8 +326,14 @@ class Coordinator:
             accepted = self.train_round(grid, round_, arrays)
             arrays, _ = strategy.aggregate_train(round_, [reply for _, reply in accepted])
             global_model.load_state_dict(arrays.to_torch_state_dict())
-            self._register_aggregate("global", global_model, round_, [r.teacher_hash for r, _ in accepted],
-                                     self.federation.strategy, sum(r.num_train for r, _ in accepted))
+            self._register_aggregate(
+                "global",
+                global_model,
+                round_,
+                [r.teacher_hash for r, _ in accepted],
+                self.federation.strategy,
+                sum(r.num_train for r, _ in accepted),
+            )
 
     def distill_student(self) -> None:
         if self.federation.mode == "fedavg":  # one global teacher, owned by the coordinator
@@ -299,19 +343,25 @@ class Coordinator:
         else:
             nodes = [r for r in self.active if r.teacher_hash is not None]
             if not nodes:
-                raise RuntimeError("no teacher was registered: nothing to distil from")
+                raise RunFailed("no teacher was registered: nothing to distil from")
             for r in nodes:  # the chain, not the store, says what each artifact is and whose
                 for kind, model_hash in r.published.items():
                     on_chain = self.registry.model(model_hash)
                     if not on_chain.registered or on_chain.owner != r.address:
-                        raise RuntimeError(f"{kind} 0x{model_hash.hex()} of node {r.address} is not registered to it")
-            loaded = [{kind: self.store.load(h, owner=f"node {r.address}") for kind, h in r.published.items()}
-                      for r in nodes]
+                        raise RunFailed(f"{kind} 0x{model_hash.hex()} of node {r.address} is not registered to it")
+            loaded = [
+                {kind: self.store.load(h, owner=f"node {r.address}") for kind, h in r.published.items()} for r in nodes
+            ]
             sources = [h for r in nodes for h in r.published.values()]
             teacher = self.ensemble([m["teacher"] for m in loaded]) if len(loaded) > 1 else loaded[0]["teacher"]
             shares = [float(r.num_train) for r in nodes]
         blob, result, variant = distill_student(
-            loaded, teacher, shares, self.distill, self._spec(), seed=self.seed,
+            loaded,
+            teacher,
+            shares,
+            self.distill,
+            self._spec(),
+            seed=self.seed,
             progress=lambda stage, done, total: self.progress(f"distill:{stage}", done, total),
         )
         # the configuration as run, facts included (which variant ran), is what the chain's hash covers
@@ -320,15 +370,27 @@ class Coordinator:
         student_hash = self.store.put(blob)
         if not self.registry.model(student_hash).registered:
             receipt = self.registry.commit_student(
-                student_hash, self.run_id, sources, self.distill.method, config_hash, len(result.transfer), self.uri,
+                student_hash,
+                self.run_id,
+                sources,
+                self.distill.method,
+                config_hash,
+                len(result.transfer),
+                self.uri,
                 self.distiller,
             )
             self.ledger.tx("StudentCommitted", receipt, model=student_hash.hex())
         self.ledger.student_hash = student_hash
         self.ledger.distill = {
-            "method": self.distill.method, "variant": variant, "samples": len(result.transfer),
-            "synthesis_s": result.synthesis_s, "training_s": result.training_s, "cpu_s": result.cpu_s,
-            "losses": result.losses, "student_steps": result.student_steps, "class_counts": result.class_counts,
+            "method": self.distill.method,
+            "variant": variant,
+            "samples": len(result.transfer),
+            "synthesis_s": result.synthesis_s,
+            "training_s": result.training_s,
+            "cpu_s": result.cpu_s,
+            "losses": result.losses,
+            "student_steps": result.student_steps,
+            "class_counts": result.class_counts,
             "device": str(next(result.student.parameters()).device),
             "config_hash": "0x" + config_hash.hex(),
         }
@@ -343,10 +405,12 @@ class Coordinator:
             models = [student] + ([r.teacher_hash] if self.federation.mode == "one-shot" and r.teacher_hash else [])
             models += list(self.ledger.aggregates.values())
             attest = [h for h in models if self.registry.accuracy(h, r.address)[2] == 0]
-            contents[r.node_id] = RecordDict({
-                "task": self._task(nonce=self.registry.nonce(r.address), deadline=deadline, attest=attest),
-                "models": ArrayRecord({h.hex(): blob_to_array(self.store.get(h)) for h in models}),
-            })
+            contents[r.node_id] = RecordDict(
+                {
+                    "task": self._task(nonce=self.registry.nonce(r.address), deadline=deadline, attest=attest),
+                    "models": ArrayRecord({h.hex(): blob_to_array(self.store.get(h)) for h in models}),
+                }
+            )
         replies = self._exchange(grid, MessageType.EVALUATE, contents)
         for done, record in enumerate(self.active, 1):
             reply = replies.get(record.node_id)
@@ -358,8 +422,13 @@ class Coordinator:
             for i, (model_hash, signature) in enumerate(zip(result["signed-hashes"], result["signatures"])):
                 model_hash = bytes(model_hash)
                 att = Attestation(
-                    node=record.address, model_hash=model_hash, run_id=self.run_id, accuracy_bps=int(measured[model_hash]),
-                    num_examples=int(result["num-examples"]), nonce=int(result["nonce"]) + i, deadline=deadline,
+                    node=record.address,
+                    model_hash=model_hash,
+                    run_id=self.run_id,
+                    accuracy_bps=int(measured[model_hash]),
+                    num_examples=int(result["num-examples"]),
+                    nonce=int(result["nonce"]) + i,
+                    deadline=deadline,
                 )
                 receipt = self.registry.attest(att, bytes(signature), self.relayer)
                 self.ledger.tx("AccuracyAttested", receipt, node=record.address, model=model_hash.hex())
@@ -367,8 +436,12 @@ class Coordinator:
 
     def run(self, grid: Grid) -> None:
         teachers = self.teachers_fedavg if self.federation.mode == "fedavg" else self.teachers_one_shot
-        for name, phase in (("identify", lambda: self.identify(grid)), ("teachers", lambda: teachers(grid)),
-                            ("distill", self.distill_student), ("evaluate", lambda: self.evaluate(grid))):
+        for name, phase in (
+            ("identify", lambda: self.identify(grid)),
+            ("teachers", lambda: teachers(grid)),
+            ("distill", self.distill_student),
+            ("evaluate", lambda: self.evaluate(grid)),
+        ):
             start = time.perf_counter()
             phase()
             self.ledger.phase_seconds[name] = time.perf_counter() - start

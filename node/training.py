@@ -12,15 +12,25 @@ from node.data import Split
 from node.dfkd.augment import Augment
 
 
-def train_classifier(model: nn.Module, data: Split, *, epochs: int, lr: float, batch_size: int, seed: int,
-                     augment: Augment | None = None, cosine: bool = False) -> float:
+def train_classifier(
+    model: nn.Module,
+    data: Split,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    augment: Augment | None = None,
+    cosine: bool = False,
+) -> float:
     """Adam on cross-entropy, optionally on augmented batches and with a cosine learning rate; returns the last
     epoch's mean loss."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * -(-len(data) // batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(steps, 1))) if cosine else 1.0)
+        opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(steps, 1))) if cosine else 1.0
+    )
     model.train()
     loss_sum = 0.0
     for _ in range(epochs):

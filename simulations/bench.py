@@ -26,7 +26,16 @@ from pydantic import ValidationError
 from node.artifacts import ArtifactStore, serialize
 from node.config import DataConfig
 from node.data import Split, load_dataset, spec_of
-from node.dfkd import METHODS, InputSpace, MethodError, StudentLoop, build_synthesizer, distill, method_class, resolve_device
+from node.dfkd import (
+    METHODS,
+    InputSpace,
+    MethodError,
+    StudentLoop,
+    build_synthesizer,
+    distill,
+    method_class,
+    resolve_device,
+)
 from node.models import build_model
 from node.training import accuracy, train_classifier
 from simulations.plots import sample_grid
@@ -111,11 +120,15 @@ def machine() -> str:
     return f"{platform.machine()} {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
 
 
-def cached_teacher(data: DataConfig, name: str, epochs: int, seed: int, train: Split, cache: Path,
-                   device: torch.device, progress) -> torch.nn.Module:
+def cached_teacher(
+    data: DataConfig, name: str, epochs: int, seed: int, train: Split, cache: Path, device: torch.device, progress
+) -> torch.nn.Module:
     """Train the teacher once; later runs load it by the hash of its configuration."""
-    key = hashlib.sha256(json.dumps({"data": data.model_dump(mode="json"), "teacher": name, "epochs": epochs,
-                                     "seed": seed}, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            {"data": data.model_dump(mode="json"), "teacher": name, "epochs": epochs, "seed": seed}, sort_keys=True
+        ).encode()
+    ).hexdigest()[:16]
     index, store = cache / f"teacher-{key}.json", ArtifactStore(cache / "store")
     spec_shape, classes = tuple(train.x.shape[1:]), int(train.y.max()) + 1
     if index.exists():
@@ -143,7 +156,12 @@ def bench_splits(data: DataConfig, evaluate_on: str) -> tuple[Split, Split]:
     if data.dataset == "digits":  # no official split: hold out a fixed fifth as its test split
         order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(12345)).numpy()
         cut = len(order) // 5
-        x_test, y_test, x_train, y_train = x_train[order[:cut]], y_train[order[:cut]], x_train[order[cut:]], y_train[order[cut:]]
+        x_test, y_test, x_train, y_train = (
+            x_train[order[:cut]],
+            y_train[order[:cut]],
+            x_train[order[cut:]],
+            y_train[order[cut:]],
+        )
     else:
         x_test, y_test, _ = load_dataset(data, "test")
     train = Split(torch.from_numpy(x_train), torch.from_numpy(y_train))
@@ -154,10 +172,23 @@ def bench_splits(data: DataConfig, evaluate_on: str) -> tuple[Split, Split]:
 
 
 def bench_dfkd(
-    *, dataset: str, data_path: Path | None, teacher_name: str, student_name: str, methods: list[str],
-    loop: StudentLoop, teacher_epochs: int, seeds: list[int], minutes: list[float | None], device: str, cache: Path,
-    evaluate_on: str = "test", checkpoints: list[float] = (), samples_dir: Path | None = None,
-    progress: Callable[[str, int, int], None] = lambda *a: None, on_row: Callable[[dict], None] = lambda result: None,
+    *,
+    dataset: str,
+    data_path: Path | None,
+    teacher_name: str,
+    student_name: str,
+    methods: list[str],
+    loop: StudentLoop,
+    teacher_epochs: int,
+    seeds: list[int],
+    minutes: list[float | None],
+    device: str,
+    cache: Path,
+    evaluate_on: str = "test",
+    checkpoints: list[float] = (),
+    samples_dir: Path | None = None,
+    progress: Callable[[str, int, int], None] = lambda *a: None,
+    on_row: Callable[[dict], None] = lambda result: None,
 ) -> dict:
     """Every method at every budget and seed; `on_row` gets the table so far after each row, so a stopped run
     keeps its rows. `minutes` None means the loop's fixed samples and steps; a number, that wall-clock budget."""
@@ -176,10 +207,20 @@ def bench_dfkd(
         for r in rows:
             r.gap_to_kd = None if r.budget_min not in kd else kd[r.budget_min] - r.accuracy
         return {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(), "device": str(dev),
-            "dataset": dataset, "teacher": teacher_name, "student": student_name, "teacher_accuracy": teacher_acc,
-            "teacher_epochs": teacher_epochs, "loop": loop.model_dump(), "seeds": seeds, "evaluated_on": evaluate_on,
-            "train_size": len(train), "test_size": len(test), "pending_rows": pending,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "machine": machine(),
+            "device": str(dev),
+            "dataset": dataset,
+            "teacher": teacher_name,
+            "student": student_name,
+            "teacher_accuracy": teacher_acc,
+            "teacher_epochs": teacher_epochs,
+            "loop": loop.model_dump(),
+            "seeds": seeds,
+            "evaluated_on": evaluate_on,
+            "train_size": len(train),
+            "test_size": len(test),
+            "pending_rows": pending,
             "rows": [{**asdict(r), "accuracy": r.accuracy, "spread": r.spread} for r in rows],
         }
 
@@ -190,18 +231,51 @@ def bench_dfkd(
             label = name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options else "")
             runs = []
             for seed in seeds:
-                runs.append(_one_run(name, options, label, teacher, train, test, spec, space, student_name, loop,
-                                     seed, budget, dev, checkpoints, progress))
+                runs.append(
+                    _one_run(
+                        name,
+                        options,
+                        label,
+                        teacher,
+                        train,
+                        test,
+                        spec,
+                        space,
+                        student_name,
+                        loop,
+                        seed,
+                        budget,
+                        dev,
+                        checkpoints,
+                        progress,
+                    )
+                )
                 if samples_dir is not None and seed == seeds[0]:
                     samples_dir.mkdir(parents=True, exist_ok=True)
-                    sample_grid(runs[0]["transfer"], samples_dir / f"{_slug(label)}.png", low=space.low,
-                                high=space.high)
-            mean = lambda key: statistics.fmean(r[key] for r in runs)  # noqa: E731
+                    sample_grid(
+                        runs[0]["transfer"], samples_dir / f"{_slug(label)}.png", low=space.low, high=space.high
+                    )
+            mean = lambda key, runs=runs: statistics.fmean(r[key] for r in runs)  # noqa: E731
             counts = [c for c in runs[0]["class_counts"] if c] or [1]
-            rows.append(BenchRow(
-                label, options, budget, seeds, [r["accuracy"] for r in runs], round(mean("samples")),
-                round(mean("steps")), mean("node_s"), mean("synthesis_s"), mean("training_s"), mean("wall_s"),
-                mean("cpu_s"), runs[0]["variant"], max(counts) / min(counts), runs[0]["curve"]))
+            rows.append(
+                BenchRow(
+                    label,
+                    options,
+                    budget,
+                    seeds,
+                    [r["accuracy"] for r in runs],
+                    round(mean("samples")),
+                    round(mean("steps")),
+                    mean("node_s"),
+                    mean("synthesis_s"),
+                    mean("training_s"),
+                    mean("wall_s"),
+                    mean("cpu_s"),
+                    runs[0]["variant"],
+                    max(counts) / min(counts),
+                    runs[0]["curve"],
+                )
+            )
             on_row(summarise(rows, pending=total - len(rows)))
     return summarise(rows, pending=0)
 
@@ -210,43 +284,83 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:120]
 
 
-def _one_run(name, options, label, teacher, train: Split, test: Split, spec, space, student_name, loop, seed, budget,
-             dev, checkpoints, progress) -> dict:
+def _one_run(
+    name,
+    options,
+    label,
+    teacher,
+    train: Split,
+    test: Split,
+    spec,
+    space,
+    student_name,
+    loop,
+    seed,
+    budget,
+    dev,
+    checkpoints,
+    progress,
+) -> dict:
     torch.manual_seed(seed)
     student = build_model(student_name, spec.input_shape, spec.num_classes).to(dev)
     syn = build_synthesizer(name, teacher, student, space, options, seed=seed, device=dev)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     node_models = method_class(name).node_side(
-        teacher, build_model(student_name, spec.input_shape, spec.num_classes).to(dev), train.x.to(dev),
-        train.y.to(dev), options, seed=seed, space=space)
+        teacher,
+        build_model(student_name, spec.input_shape, spec.num_classes).to(dev),
+        train.x.to(dev),
+        train.y.to(dev),
+        options,
+        seed=seed,
+        space=space,
+    )
     node_s, node_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     variant = syn.use_node_models([node_models], [1.0])
     if name == "kd":
         syn.use_real_data(train.x)
     tag = label + (f" {budget:g}min" if budget else "") + f" s{seed}"
-    result = distill(syn, loop, seed=seed, budget_s=None if budget is None else 60 * budget,
-                     progress=lambda stage, done, total: progress(f"{tag} {stage}", done, total),
-                     checkpoints=[60 * c for c in checkpoints], evaluate=lambda model: accuracy(model, test))
+    result = distill(
+        syn,
+        loop,
+        seed=seed,
+        budget_s=None if budget is None else 60 * budget,
+        progress=lambda stage, done, total: progress(f"{tag} {stage}", done, total),
+        checkpoints=[60 * c for c in checkpoints],
+        evaluate=lambda model: accuracy(model, test),
+    )
     final = result.curve[-1]["accuracy"]  # the loop scores the returned student at its end
-    return {"accuracy": final, "samples": len(result.transfer), "steps": result.student_steps, "node_s": node_s,
-            "synthesis_s": result.synthesis_s, "training_s": result.training_s,
-            "wall_s": node_s + result.synthesis_s + result.training_s, "cpu_s": node_cpu + result.cpu_s,
-            "variant": variant, "class_counts": result.class_counts, "curve": result.curve, "transfer": result.transfer}
+    return {
+        "accuracy": final,
+        "samples": len(result.transfer),
+        "steps": result.student_steps,
+        "node_s": node_s,
+        "synthesis_s": result.synthesis_s,
+        "training_s": result.training_s,
+        "wall_s": node_s + result.synthesis_s + result.training_s,
+        "cpu_s": node_cpu + result.cpu_s,
+        "variant": variant,
+        "class_counts": result.class_counts,
+        "curve": result.curve,
+        "transfer": result.transfer,
+    }
 
 
 def to_markdown(result: dict, command: str) -> str:
     loop = result["loop"]
     seeds = result["seeds"]
     lines = [
-        f"`{command}`", "",
+        f"`{command}`",
+        "",
         f"{result['date']}, {result['machine']}, device {result['device']}. {result['dataset']}: teacher "
         f"{result['teacher']} ({result['teacher_epochs']} epochs, {100 * result['teacher_accuracy']:.2f}% on the "
         f"{result['evaluated_on']} images), student {result['student']}. Student loop: up to {loop['samples']} "
         f"synthetic samples and {loop['steps']} SGD steps (lr {loop['lr']}, batch {loop['batch_size']}, T "
         f"{loop['temperature']}, augment {loop['augment']}, balanced {loop['balanced']}, EMA {loop['ema']}); "
         f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; accuracy on the {result['test_size']} "
-        f"{result['evaluated_on']} images" + (" (mean and population standard deviation over the seeds)" if len(seeds) > 1 else "")
-        + "." + (f" **Partial: {result['pending_rows']} row(s) still to run.**" if result.get("pending_rows") else ""),
+        f"{result['evaluated_on']} images"
+        + (" (mean and population standard deviation over the seeds)" if len(seeds) > 1 else "")
+        + "."
+        + (f" **Partial: {result['pending_rows']} row(s) still to run.**" if result.get("pending_rows") else ""),
         "",
         "| method | budget | samples | student steps | node-side s | synthesis s | student s | wall s | CPU s "
         "| class skew | student acc % | gap to kd |",
@@ -256,23 +370,33 @@ def to_markdown(result: dict, command: str) -> str:
         gap = "-" if r["gap_to_kd"] is None else f"{100 * r['gap_to_kd']:.2f}"
         budget = "steps" if r["budget_min"] is None else f"{r['budget_min']:g} min"
         acc = f"{100 * r['accuracy']:.2f}" + (f" ± {100 * r['spread']:.2f}" if len(r["accuracies"]) > 1 else "")
-        lines.append(f"| `{r['method']}` | {budget} | {r['samples']} | {r['student_steps']} | {r['node_s']:.1f} | "
-                     f"{r['synthesis_s']:.1f} | {r['training_s']:.1f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
-                     f"{r['class_skew']:.2f} | {acc} | {gap} |")
+        lines.append(
+            f"| `{r['method']}` | {budget} | {r['samples']} | {r['student_steps']} | {r['node_s']:.1f} | "
+            f"{r['synthesis_s']:.1f} | {r['training_s']:.1f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+            f"{r['class_skew']:.2f} | {acc} | {gap} |"
+        )
     curves = [r for r in result["rows"] if len(r["curve"]) > 1]
     if curves:
-        lines += ["", "Accuracy along the way (first seed; the schedule anneals to the run's own end):", "",
-                  "| method | budget | minutes | CPU s | steps | samples | acc % |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "Accuracy along the way (first seed; the schedule anneals to the run's own end):",
+            "",
+            "| method | budget | minutes | CPU s | steps | samples | acc % |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in curves:
             budget = "steps" if r["budget_min"] is None else f"{r['budget_min']:g} min"
             for c in r["curve"]:
-                lines.append(f"| `{r['method']}` | {budget} | {c['seconds'] / 60:.2f} | {c['cpu_s']:.0f} | {c['steps']} | "
-                             f"{c['samples']} | {100 * c['accuracy']:.2f} |")
+                lines.append(
+                    f"| `{r['method']}` | {budget} | {c['seconds'] / 60:.2f} | {c['cpu_s']:.0f} | {c['steps']} | "
+                    f"{c['samples']} | {100 * c['accuracy']:.2f} |"
+                )
     return "\n".join(lines) + "\n"
 
 
-def bench_scale(scenario_path: Path, counts: list[int], out: Path, rpc_url: str | None = None,
-                progress=lambda *a: None) -> dict:
+def bench_scale(
+    scenario_path: Path, counts: list[int], out: Path, rpc_url: str | None = None, progress=lambda *a: None
+) -> dict:
     """One scenario at several node counts: wall time per phase and the share spent on chain work.
 
     `rpc_url` runs every count against that chain (e.g. `kdledger devnet`) instead of the scenario's.
@@ -294,14 +418,24 @@ def bench_scale(scenario_path: Path, counts: list[int], out: Path, rpc_url: str 
         result = run_scenario(spec, out / f"n{n}", progress=progress)
         phases = result.ledger.phase_seconds
         chain_s = phases.get("chain (within phases)", 0.0)
-        rows.append({
-            "nodes": n, "wall_s": result.wall_s, "chain_s": chain_s, "chain_share": chain_s / result.wall_s,
-            "phases": {k: v for k, v in phases.items() if k != "chain (within phases)"},
-            "transactions": len(result.chain["transactions"]),
-            "student_accuracy": weighted_student_accuracy(result),
-        })
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(),
-            "scenario": str(scenario_path), "chain": rpc_url or base.chain.rpc_url or "embedded py-evm", "rows": rows}
+        rows.append(
+            {
+                "nodes": n,
+                "wall_s": result.wall_s,
+                "chain_s": chain_s,
+                "chain_share": chain_s / result.wall_s,
+                "phases": {k: v for k, v in phases.items() if k != "chain (within phases)"},
+                "transactions": len(result.chain["transactions"]),
+                "student_accuracy": weighted_student_accuracy(result),
+            }
+        )
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "scenario": str(scenario_path),
+        "chain": rpc_url or base.chain.rpc_url or "embedded py-evm",
+        "rows": rows,
+    }
 
 
 def weighted_student_accuracy(result) -> float | None:
@@ -314,9 +448,12 @@ def scale_markdown(result: dict, command: str) -> str:
     rows = result["rows"]
     first = rows[0]
     lines = [
-        f"`{command}`", "", f"{result['date']}, {result['machine']}; scenario {result['scenario']}; "
-        f"chain {result['chain']}.", "",
-        "| nodes | wall s | per node s | x first row's per-node time | identify s | teachers s | distill s | evaluate s "
+        f"`{command}`",
+        "",
+        f"{result['date']}, {result['machine']}; scenario {result['scenario']}; chain {result['chain']}.",
+        "",
+        "| nodes | wall s | per node s | x first row's per-node time | identify s | teachers s | distill s "
+        "| evaluate s "
         "| chain s | chain share | transactions | student acc % |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -325,7 +462,10 @@ def scale_markdown(result: dict, command: str) -> str:
         per_node = r["wall_s"] / r["nodes"]
         acc = "-" if r["student_accuracy"] is None else f"{100 * r['student_accuracy']:.2f}"
         lines.append(
-            f"| {r['nodes']} | {r['wall_s']:.1f} | {per_node:.2f} | {per_node / (first['wall_s'] / first['nodes']):.2f} "
+            f"| {r['nodes']} | {r['wall_s']:.1f} | {per_node:.2f} "
+            f"| {per_node / (first['wall_s'] / first['nodes']):.2f} "
             f"| {p.get('identify', 0):.1f} | {p.get('teachers', 0):.1f} | {p.get('distill', 0):.1f} "
-            f"| {p.get('evaluate', 0):.1f} | {r['chain_s']:.1f} | {100 * r['chain_share']:.1f}% | {r['transactions']} | {acc} |")
+            f"| {p.get('evaluate', 0):.1f} | {r['chain_s']:.1f} | {100 * r['chain_share']:.1f}% "
+            f"| {r['transactions']} | {acc} |"
+        )
     return "\n".join(lines) + "\n"

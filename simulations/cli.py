@@ -15,27 +15,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated, blockchain-anchored data-free distillation.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Federated, blockchain-anchored data-free distillation."
+)
 # Rich wraps at 80 columns when output is not a terminal; a table piped to a file or a script stays whole.
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
+
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The user's mistakes and the world's refusals: reported in one line, without a traceback."""
     import requests
     from web3.exceptions import Web3RPCError
 
-    from chain.backends import ChainUnreachable
-    from chain.devnet import DevnetError
-    from chain.registry import RegistryError
-    from node.artifacts import TamperedArtifact
-    from node.data import DatasetError
-    from node.dfkd import MethodError
-    from simulations.runner import RunFailed
-    from simulations.scenario import ScenarioError
+    from chain.errors import KdledgerError
 
-    return (ScenarioError, RunFailed, ChainUnreachable, TamperedArtifact, MethodError, DatasetError, RegistryError,
-            DevnetError, requests.ConnectionError, Web3RPCError)
+    return (KdledgerError, requests.ConnectionError, Web3RPCError)
 
 
 def one_line_errors(fn):
@@ -66,8 +61,12 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<name>)"),
     as_json: bool = typer.Option(False, "--json", help="print metrics.json instead of the table"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Flower's and Ray's logs"),
-    overrides: list[str] = typer.Option([], "--set", help="override a scenario key, e.g. --set distill.method=softtarget "
-                                                            "--set distill.options={} (repeatable; value read as YAML)"),
+    overrides: list[str] = typer.Option(
+        [],
+        "--set",
+        help="override a scenario key, e.g. --set distill.method=softtarget "
+        "--set distill.options={} (repeatable; value read as YAML)",
+    ),
 ) -> None:
     """Run a scenario end to end and write its run directory."""
     from simulations.report import accuracy_columns, node_rows, short, weighted_mean
@@ -92,8 +91,11 @@ def run(
     rows = node_rows(result)
     cols = accuracy_columns(rows)
     table = Table(title=f"{spec.name}: {spec.distill.method} student from {len(rows)} data nodes (accuracy %)")
-    for col, justify in ([("node", "left"), ("train", "right"), ("test", "right")] + [(t, "right") for _, t in cols]
-                         + [("teacher tx", "left"), ("attest tx", "left")]):
+    for col, justify in (
+        [("node", "left"), ("train", "right"), ("test", "right")]
+        + [(t, "right") for _, t in cols]
+        + [("teacher tx", "left"), ("attest tx", "left")]
+    ):
         table.add_column(col, justify=justify)
 
     def pct(x):
@@ -101,15 +103,27 @@ def run(
 
     for r in rows:
         node = short(r["node"], 12) + (f" [red]{r['error']}[/]" if r["error"] else "")
-        table.add_row(node, str(r["train"]), str(r["test"]), *(pct(r.get(k)) for k, _ in cols),
-                      short(r["teacher_tx"]), short(r["student_attest_tx"]))
+        table.add_row(
+            node,
+            str(r["train"]),
+            str(r["test"]),
+            *(pct(r.get(k)) for k, _ in cols),
+            short(r["teacher_tx"]),
+            short(r["student_attest_tx"]),
+        )
     table.add_row("[bold]weighted mean", "", "", *(pct(weighted_mean(rows, k)) for k, _ in cols), "", "")
     console.print(table)
     chain = result.chain
-    console.print(f"student 0x{result.ledger.student_hash.hex()}  on {chain['backend']} (chain {chain['chain_id']}) "
-                  f"at {chain['contract']}", highlight=False)
-    console.print(f"{len(result.events)} events, {len(chain['transactions'])} transactions; run directory "
-                  f"[bold]{result.out_dir}[/] ({result.wall_s:.0f} s)", highlight=False)
+    console.print(
+        f"student 0x{result.ledger.student_hash.hex()}  on {chain['backend']} (chain {chain['chain_id']}) "
+        f"at {chain['contract']}",
+        highlight=False,
+    )
+    console.print(
+        f"{len(result.events)} events, {len(chain['transactions'])} transactions; run directory "
+        f"[bold]{result.out_dir}[/] ({result.wall_s:.0f} s)",
+        highlight=False,
+    )
 
 
 def _events_from(run_dir: Optional[Path], rpc: Optional[str], address: Optional[str], *, whole_chain: bool):
@@ -119,14 +133,15 @@ def _events_from(run_dir: Optional[Path], rpc: Optional[str], address: Optional[
     since a student may name teachers of earlier runs); an embedded run from its export.
     """
     from chain.backends import connect
+    from chain.errors import RunFailed
     from chain.events import fetch_events, read_export
-    from simulations.runner import RunFailed, load_chain_info
+    from simulations.runner import load_chain_info
 
     if run_dir is not None:
         info = load_chain_info(run_dir)
         if info.get("rpc_url"):
             w3 = connect(info["rpc_url"])
-            span = (0, "latest") if whole_chain else (info["from_block"], info["to_block"])
+            span = (0, None) if whole_chain else (info["from_block"], info["to_block"])
             return fetch_events(w3, info["contract"], *span), info
         export = Path(run_dir) / "events.json"
         if not export.exists():
@@ -149,7 +164,9 @@ JSON_OPT = typer.Option(False, "--json", help="print JSON for scripts")
 @app.command()
 @one_line_errors
 def events(
-    run_dir: Optional[Path] = RUN_OPT, rpc: Optional[str] = RPC_OPT, address: Optional[str] = ADDRESS_OPT,
+    run_dir: Optional[Path] = RUN_OPT,
+    rpc: Optional[str] = RPC_OPT,
+    address: Optional[str] = ADDRESS_OPT,
     event: Optional[str] = typer.Option(None, "--event", help="only this event (e.g. TeacherRegistered)"),
     node: Optional[str] = typer.Option(None, "--node", help="only events naming this address"),
     as_json: bool = JSON_OPT,
@@ -169,8 +186,10 @@ def events(
     for col in ("block", "event", "tx", "arguments"):
         table.add_column(col)
     for e in found:
-        args = ", ".join(f"{k}={short(v, 14) if isinstance(v, str) and v.startswith('0x') and len(v) > 20 else v}"
-                         for k, v in e["args"].items())
+        args = ", ".join(
+            f"{k}={short(v, 14) if isinstance(v, str) and v.startswith('0x') and len(v) > 20 else v}"
+            for k, v in e["args"].items()
+        )
         table.add_row(str(e["block"]), e["event"], e["tx"][:12] + "…", args)
     console.print(table)
 
@@ -179,7 +198,9 @@ def events(
 @one_line_errors
 def lineage(
     hashes: list[str] = typer.Argument(..., help="model hashes (0x…)"),
-    run_dir: Optional[Path] = RUN_OPT, rpc: Optional[str] = RPC_OPT, address: Optional[str] = ADDRESS_OPT,
+    run_dir: Optional[Path] = RUN_OPT,
+    rpc: Optional[str] = RPC_OPT,
+    address: Optional[str] = ADDRESS_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """The tree student -> teachers -> data nodes, with method, configuration hash and attested accuracies."""
@@ -207,20 +228,28 @@ def _describe(t: dict) -> str:
     if not t["registered"]:
         return f"[red]{t['model_hash']}: not registered[/]"
     if t["kind"] == "student":
-        head = (f"[bold]student[/] {t['model_hash']}  by distiller {t['owner']}, method [bold]{t['method']}[/], "
-                f"{t['sample_count']} synthetic samples, config {t['config_hash'][:18]}…, block {t['block']}")
+        head = (
+            f"[bold]student[/] {t['model_hash']}  by distiller {t['owner']}, method [bold]{t['method']}[/], "
+            f"{t['sample_count']} synthetic samples, config {t['config_hash'][:18]}…, block {t['block']}"
+        )
     elif t["kind"] == "aggregate":
-        head = (f"[bold]aggregate[/] {t['model_hash']}  by coordinator {t['owner']}, {t['method']} of round {t['round']}, "
-                f"{t['sample_count']} examples, block {t['block']}")
+        head = (
+            f"[bold]aggregate[/] {t['model_hash']}  by coordinator {t['owner']}, {t['method']} of round {t['round']}, "
+            f"{t['sample_count']} examples, block {t['block']}"
+        )
     else:
-        head = f"[bold]{t['kind']}[/] {t['model_hash']}  by data node {t['owner']}, round {t['round']}, block {t['block']}"
+        head = (
+            f"[bold]{t['kind']}[/] {t['model_hash']}  by data node {t['owner']}, round {t['round']}, block {t['block']}"
+        )
     return head
 
 
 def _grow(branch, t: dict) -> None:
     for acc in t.get("accuracies", []):
-        branch.add(f"accuracy {acc['accuracy_bps'] / 100:.2f}% on {acc['num_examples']} private examples of "
-                   f"{acc['node']} (block {acc['block']})")
+        branch.add(
+            f"accuracy {acc['accuracy_bps'] / 100:.2f}% on {acc['num_examples']} private examples of "
+            f"{acc['node']} (block {acc['block']})"
+        )
     for child in t.get("teachers", []):
         _grow(branch.add(_describe(child)), child)
 
@@ -229,7 +258,9 @@ def _grow(branch, t: dict) -> None:
 @one_line_errors
 def verify(
     files: list[Path] = typer.Argument(..., help="weights files (.safetensors)"),
-    run_dir: Optional[Path] = RUN_OPT, rpc: Optional[str] = RPC_OPT, address: Optional[str] = ADDRESS_OPT,
+    run_dir: Optional[Path] = RUN_OPT,
+    rpc: Optional[str] = RPC_OPT,
+    address: Optional[str] = ADDRESS_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Hash each file and say whether it is registered: as what, by whom, in which block. Exit 1 if not."""
@@ -243,19 +274,28 @@ def verify(
         try:
             digest = "0x" + hashlib.sha256(Path(f).read_bytes()).hexdigest()
         except OSError as exc:
-            from simulations.runner import RunFailed
+            from chain.errors import RunFailed
 
             raise RunFailed(f"{f}: cannot read: {exc.strerror}") from None
         reg = provenance.find(found, digest)
-        results.append({"file": str(f), "sha256": digest, "registered": reg is not None,
-                        **({"kind": reg.kind, "by": reg.owner, "block": reg.block, "tx": reg.tx} if reg else {})})
+        results.append(
+            {
+                "file": str(f),
+                "sha256": digest,
+                "registered": reg is not None,
+                **({"kind": reg.kind, "by": reg.owner, "block": reg.block, "tx": reg.tx} if reg else {}),
+            }
+        )
     if as_json:
         print(json.dumps(results, indent=1))
     else:
         for r in results:
             if r["registered"]:
-                console.print(f"[green]registered[/] {r['file']}: {r['kind']} {r['sha256']} by {r['by']} in block "
-                              f"{r['block']} (tx {r['tx']})", highlight=False)
+                console.print(
+                    f"[green]registered[/] {r['file']}: {r['kind']} {r['sha256']} by {r['by']} in block "
+                    f"{r['block']} (tx {r['tx']})",
+                    highlight=False,
+                )
             else:
                 console.print(f"[red]not registered[/] {r['file']}: {r['sha256']}", highlight=False)
     if not all(r["registered"] for r in results):
@@ -277,8 +317,11 @@ def devnet(
     net = Devnet(port=port, state=state)
     resumed = state.exists()
     net.start()
-    console.print(f"devnet on [bold]{net.rpc_url}[/] (chain id {net.chain_id}), state "
-                  f"{'resumed from' if resumed else 'kept in'} {state}; Ctrl-C to stop", highlight=False)
+    console.print(
+        f"devnet on [bold]{net.rpc_url}[/] (chain id {net.chain_id}), state "
+        f"{'resumed from' if resumed else 'kept in'} {state}; Ctrl-C to stop",
+        highlight=False,
+    )
     console.print(f"use it from a scenario:  chain: {{rpc_url: {net.rpc_url}}}", highlight=False)
     stop = False
 
@@ -344,23 +387,39 @@ def bench_dfkd_command(
     data_path: Optional[Path] = typer.Option(None, "--data-path", help="folder of the dataset's files"),
     teacher: str = typer.Option("lenet5-bn", "--teacher"),
     student: str = typer.Option("lenet5-half-bn", "--student"),
-    methods: str = typer.Option("noise,fast,kd", "--methods",
-                                help="comma list of methods, each with options after ':', e.g. "
-                                     "'noise,genkd:k=10,conditional=false,kd'"),
-    loop_settings: list[str] = typer.Option([], "--loop", help="a student-loop setting for every method, e.g. "
-                                            "--loop samples=6000 --loop steps=3000 (repeatable; see "
-                                            "docs/configuration.md, distill)"),
+    methods: str = typer.Option(
+        "noise,fast,kd",
+        "--methods",
+        help="comma list of methods, each with options after ':', e.g. 'noise,genkd:k=10,conditional=false,kd'",
+    ),
+    loop_settings: list[str] = typer.Option(
+        [],
+        "--loop",
+        help="a student-loop setting for every method, e.g. "
+        "--loop samples=6000 --loop steps=3000 (repeatable; see "
+        "docs/configuration.md, distill)",
+    ),
     teacher_epochs: int = typer.Option(5, "--teacher-epochs"),
     seeds: str = typer.Option("0", "--seeds", help="comma list; rows report the mean and spread over them"),
-    minutes: str = typer.Option("", "--minutes", help="comma list of wall-clock budgets: every method runs once per "
-                                "budget (its schedule follows the clock); empty: the loop's fixed samples and steps"),
-    checkpoints: str = typer.Option("", "--checkpoints", help="comma list of minutes at which to also score the "
-                                    "student along the way (first seed)"),
-    evaluate_on: str = typer.Option("test", "--evaluate-on", help="test, or validation (the last 10 000 training "
-                                    "images: for choosing settings without the test split)"),
+    minutes: str = typer.Option(
+        "",
+        "--minutes",
+        help="comma list of wall-clock budgets: every method runs once per "
+        "budget (its schedule follows the clock); empty: the loop's fixed samples and steps",
+    ),
+    checkpoints: str = typer.Option(
+        "", "--checkpoints", help="comma list of minutes at which to also score the student along the way (first seed)"
+    ),
+    evaluate_on: str = typer.Option(
+        "test",
+        "--evaluate-on",
+        help="test, or validation (the last 10 000 training images: for choosing settings without the test split)",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     out: Path = typer.Option(Path("runs/bench-dfkd"), "--out", help="where bench.md, bench.json and samples/ go"),
-    cache: Path = typer.Option(Path("runs/bench-cache"), "--cache", help="trained teachers, named by configuration hash"),
+    cache: Path = typer.Option(
+        Path("runs/bench-cache"), "--cache", help="trained teachers, named by configuration hash"
+    ),
 ) -> None:
     """Every DFKD method on one teacher, with the same student loop and budget, at one or more seeds."""
     from simulations.bench import bench_dfkd, split_methods, student_loop, to_markdown
@@ -370,7 +429,7 @@ def bench_dfkd_command(
     if evaluate_on not in ("test", "validation"):
         raise typer.BadParameter("--evaluate-on: test or validation")
     if (out / "bench.json").exists():
-        from simulations.runner import RunFailed
+        from chain.errors import RunFailed
 
         raise RunFailed(f"--out {out}: holds an earlier bench.json (nothing is overwritten; pick another --out)")
     numbers = lambda text: [float(m) for m in text.split(",") if m.strip()]  # noqa: E731
@@ -391,11 +450,26 @@ def bench_dfkd_command(
         def write(result: dict) -> None:  # after every row, so a stopped run keeps what it measured
             _write_table(out / "bench", result, command, to_markdown)
 
-        write(bench_dfkd(dataset=dataset, data_path=data_path, teacher_name=teacher, student_name=student,
-                         methods=specs, loop=loop, teacher_epochs=teacher_epochs,
-                         seeds=[int(x) for x in numbers(seeds)] or [0], minutes=numbers(minutes) or [None],
-                         device=device, cache=cache, evaluate_on=evaluate_on, checkpoints=numbers(checkpoints),
-                         samples_dir=out / "samples", progress=progress, on_row=write))
+        write(
+            bench_dfkd(
+                dataset=dataset,
+                data_path=data_path,
+                teacher_name=teacher,
+                student_name=student,
+                methods=specs,
+                loop=loop,
+                teacher_epochs=teacher_epochs,
+                seeds=[int(x) for x in numbers(seeds)] or [0],
+                minutes=numbers(minutes) or [None],
+                device=device,
+                cache=cache,
+                evaluate_on=evaluate_on,
+                checkpoints=numbers(checkpoints),
+                samples_dir=out / "samples",
+                progress=progress,
+                on_row=write,
+            )
+        )
     console.print((out / "bench.md").read_text(), highlight=False, soft_wrap=True)
 
 
@@ -405,8 +479,9 @@ def bench_scale_command(
     scenario: Path = typer.Option(Path("simulations/scenarios/scale-100.yaml"), "--scenario"),
     nodes: str = typer.Option("10,30,100", "--nodes", help="comma list of node counts"),
     out: Path = typer.Option(Path("runs/bench-scale"), "--out"),
-    rpc: Optional[str] = typer.Option(None, "--rpc", help="run against this chain (e.g. kdledger devnet's URL) "
-                                                           "instead of the scenario's"),
+    rpc: Optional[str] = typer.Option(
+        None, "--rpc", help="run against this chain (e.g. kdledger devnet's URL) instead of the scenario's"
+    ),
 ) -> None:
     """One scenario at several node counts: wall time, phases, and the chain's share."""
     from simulations.bench import bench_scale, scale_markdown
@@ -414,7 +489,7 @@ def bench_scale_command(
     _quiet_logs(False)
     counts = [int(n) for n in nodes.split(",") if n.strip()]
     if out.exists() and any(out.iterdir()):
-        from simulations.runner import RunFailed
+        from chain.errors import RunFailed
 
         raise RunFailed(f"--out {out}: directory exists and is not empty (nothing is overwritten)")
     out.mkdir(parents=True, exist_ok=True)

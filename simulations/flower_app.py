@@ -20,20 +20,30 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from simulations.runner import RunFailed, finish_run, prepare_run
+    from chain.errors import RunFailed
+    from simulations.runner import finish_run, prepare_run
     from simulations.scenario import load_scenario
 
     scenario = load_scenario(Path(str(context.run_config["scenario"])))
     if not scenario.chain.rpc_url:
-        raise RunFailed(f"{scenario.name}: under `flwr run` the ServerApp has its own process; "
-                        "set chain.rpc_url (e.g. to `kdledger devnet`'s URL)")
+        raise RunFailed(
+            f"{scenario.name}: under `flwr run` the ServerApp has its own process; "
+            "set chain.rpc_url (e.g. to `kdledger devnet`'s URL)"
+        )
     out = str(context.run_config.get("out", ""))
-    run = prepare_run(scenario, Path(out) if out else None,
-                      progress=lambda phase, done, total: log.info("%s %d/%d", phase, done, total))
+    run = prepare_run(
+        scenario,
+        Path(out) if out else None,
+        progress=lambda phase, done, total: log.info("%s %d/%d", phase, done, total),
+    )
     try:
         run.coordinator.run(grid)
     except Exception as exc:  # noqa: BLE001 - finish_run reports it in one line
         run.coordinator.error = exc
     result = finish_run(run)
-    log.info("kdledger run %s: student 0x%s, run directory %s", scenario.name, result.ledger.student_hash.hex(),
-             result.out_dir)
+    log.info(
+        "kdledger run %s: student 0x%s, run directory %s",
+        scenario.name,
+        result.ledger.student_hash.hex(),
+        result.out_dir,
+    )

@@ -73,7 +73,9 @@ def distillation_curve(losses: list[float], path: Path) -> None:
     plt.close(fig)
 
 
-def write_plots(out: Path, rows: list[dict], columns: list[tuple[str, str]], transfer, losses: list[float]) -> list[Path]:
+def write_plots(
+    out: Path, rows: list[dict], columns: list[tuple[str, str]], transfer, losses: list[float]
+) -> list[Path]:
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     made = [plots / "accuracy_per_node.png", plots / "label_histogram.png"]

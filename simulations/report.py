@@ -25,28 +25,46 @@ def node_rows(result) -> list[dict]:
         teacher = r.teacher_hash.hex() if r.teacher_hash else None
 
         def tx_of(what, model, node=r.address):
-            return next((t["tx"] for t in txs if t["what"] == what and t.get("model") == model and t.get("node") == node), None)
+            return next(
+                (t["tx"] for t in txs if t["what"] == what and t.get("model") == model and t.get("node") == node), None
+            )
 
-        def acc(model):
+        def acc(model, r=r):
             bps = r.accuracy_bps.get(model) if model else None
             return None if bps is None else bps / 10_000
 
-        rows.append({
-            "node": r.address, "partition": r.partition_id, "train": r.num_train, "test": r.num_test,
-            "label_histogram": r.label_histogram, "teacher_hash": teacher,
-            "teacher_accuracy": acc(teacher) if result.scenario.federation.mode == "one-shot" else None,
-            **{f"{name}_accuracy": acc(ledger.aggregates[name].hex()) for name in SHARED if name in ledger.aggregates},
-            "student_accuracy": acc(student),
-            "teacher_tx": tx_of("TeacherRegistered", teacher), "student_attest_tx": tx_of("AccuracyAttested", student),
-            "error": r.error,
-        })
+        rows.append(
+            {
+                "node": r.address,
+                "partition": r.partition_id,
+                "train": r.num_train,
+                "test": r.num_test,
+                "label_histogram": r.label_histogram,
+                "teacher_hash": teacher,
+                "teacher_accuracy": acc(teacher) if result.scenario.federation.mode == "one-shot" else None,
+                **{
+                    f"{name}_accuracy": acc(ledger.aggregates[name].hex())
+                    for name in SHARED
+                    if name in ledger.aggregates
+                },
+                "student_accuracy": acc(student),
+                "teacher_tx": tx_of("TeacherRegistered", teacher),
+                "student_attest_tx": tx_of("AccuracyAttested", student),
+                "error": r.error,
+            }
+        )
     return rows
 
 
 def accuracy_columns(rows: list[dict]) -> list[tuple[str, str]]:
     """(key, title) of the accuracy columns this run has."""
-    titles = {"teacher_accuracy": "own teacher", "ensemble_accuracy": "ensemble", "fedavg-once_accuracy": "FedAvg once",
-              "global_accuracy": "global teacher", "student_accuracy": "student"}
+    titles = {
+        "teacher_accuracy": "own teacher",
+        "ensemble_accuracy": "ensemble",
+        "fedavg-once_accuracy": "FedAvg once",
+        "global_accuracy": "global teacher",
+        "student_accuracy": "student",
+    }
     return [(k, t) for k, t in titles.items() if any(row.get(k) is not None for row in rows)]
 
 
@@ -87,39 +105,55 @@ def render_report(result, rows, metrics, plots=()) -> str:
     s, chain, d = result.scenario, result.chain, result.ledger.distill
     cols = accuracy_columns(rows)
     fed = s.federation
-    mode = (f"{fed.strategy} over {fed.rounds} rounds builds one global teacher" if fed.mode == "fedavg"
-            else "every node trains its own teacher once (one-shot)")
+    mode = (
+        f"{fed.strategy} over {fed.rounds} rounds builds one global teacher"
+        if fed.mode == "fedavg"
+        else "every node trains its own teacher once (one-shot)"
+    )
     lines = [
-        f"# kdledger run `{s.name}`", "",
+        f"# kdledger run `{s.name}`",
+        "",
         f"{s.nodes} data nodes on `{s.data.dataset}` ({s.data.partitioner}, alpha {s.data.alpha}); {mode}; "
         f"teachers `{s.teacher.model}`; student `{s.distill.student}` by `{s.distill.method}` "
-        f"({d.get('variant', '')}) from {d.get('samples', 0)} synthetic samples on {d.get('device', '?')}.", "",
+        f"({d.get('variant', '')}) from {d.get('samples', 0)} synthetic samples on {d.get('device', '?')}.",
+        "",
         "Accuracies (%) are each node's own measurement on its private test split, signed by the node and "
-        "attested on-chain.", "",
-        "| node | train | test | " + " | ".join(t for _, t in cols) + " | label histogram | teacher tx | student attestation tx |",
+        "attested on-chain.",
+        "",
+        "| node | train | test | "
+        + " | ".join(t for _, t in cols)
+        + " | label histogram | teacher tx | student attestation tx |",
         "|---|---:|---:|" + "---:|" * len(cols) + "---|---|---|",
     ]
     for r in rows:
         note = f" ({r['error']})" if r["error"] else ""
-        lines.append(f"| `{r['node']}`{note} | {r['train']} | {r['test']} | "
-                     + " | ".join(_pct(r.get(k)) for k, _ in cols)
-                     + f" | {r['label_histogram']} | `{short(r['teacher_tx'], 18)}` | `{short(r['student_attest_tx'], 18)}` |")
+        lines.append(
+            f"| `{r['node']}`{note} | {r['train']} | {r['test']} | "
+            + " | ".join(_pct(r.get(k)) for k, _ in cols)
+            + f" | {r['label_histogram']} | `{short(r['teacher_tx'], 18)}` | `{short(r['student_attest_tx'], 18)}` |"
+        )
     wm = metrics["weighted_mean"]
     lines += ["| weighted mean |  |  | " + " | ".join(_pct(wm.get(k)) for k, _ in cols) + " |  |  |  |", ""]
     lines += [
-        "## Chain", "",
+        "## Chain",
+        "",
         f"- backend: {chain['backend']}, chain id {chain['chain_id']}",
         f"- ModelRegistry: `{chain['contract']}`",
         f"- run id: `{chain['run_id']}`; configuration hash: `{chain['config_hash']}`",
         f"- student: `{metrics['student_hash']}`",
         f"- blocks {chain['from_block']}..{chain['to_block']}, {len(chain['transactions'])} transactions, "
-        f"{len(result.events)} events (`kdledger events --run {result.out_dir}`)", "",
-        "## Plots", "",
-        *(f"![{p.stem}](plots/{p.name})" for p in plots), "",
-        "## Timing", "",
+        f"{len(result.events)} events (`kdledger events --run {result.out_dir}`)",
+        "",
+        "## Plots",
+        "",
+        *(f"![{p.stem}](plots/{p.name})" for p in plots),
+        "",
+        "## Timing",
+        "",
         *(f"- {phase}: {sec:.1f} s" for phase, sec in metrics["phase_seconds"].items()),
         f"- synthesis {d.get('synthesis_s', 0):.1f} s, student training {d.get('training_s', 0):.1f} s",
-        f"- whole run: {metrics['wall_seconds']:.1f} s", "",
+        f"- whole run: {metrics['wall_seconds']:.1f} s",
+        "",
     ]
     return "\n".join(lines)
 
@@ -130,8 +164,8 @@ def compare_runs(run_dirs: list) -> str:
     Reads only what each run wrote (metrics.json, config.json); the accuracies are the ones the nodes
     attested on-chain, weighted by the size of each node's test split.
     """
+    from chain.errors import RunFailed
     from node.dfkd import METHODS
-    from simulations.runner import RunFailed
 
     rows = []
     for run_dir in map(Path, run_dirs):
@@ -139,21 +173,37 @@ def compare_runs(run_dirs: list) -> str:
             metrics = json.loads((run_dir / "metrics.json").read_text())
             config = json.loads((run_dir / "config.json").read_text())
         except (OSError, ValueError):
-            raise RunFailed(f"{run_dir}: no readable metrics.json and config.json (not a kdledger run directory)") from None
+            raise RunFailed(
+                f"{run_dir}: no readable metrics.json and config.json (not a kdledger run directory)"
+            ) from None
         data, mean = config["data"], metrics["weighted_mean"]
         split = {"dirichlet": f"dirichlet {data['alpha']}", "pathological": f"{data['classes_per_node']} classes/node"}
         distill = metrics["distill"]
         method = distill["method"] + ("" if distill.get("variant") in (None, "default") else f" ({distill['variant']})")
         defaults = METHODS[distill["method"]].Options().model_dump(mode="json")
-        options = ", ".join(f"{k}={v}" for k, v in sorted(config["distill"]["options"].items())
-                            if defaults.get(k) != v) or "defaults"  # only what differs from the paper's defaults
+        options = (
+            ", ".join(f"{k}={v}" for k, v in sorted(config["distill"]["options"].items()) if defaults.get(k) != v)
+            or "defaults"
+        )  # only what differs from the paper's defaults
         rows.append(
             f"| `{run_dir.name}` | {data['dataset']} | {split.get(data['partitioner'], data['partitioner'])} "
             f"| {config['nodes']} | {method} | {options} | "
-            + " | ".join(_pct(mean.get(k)) for k in ("teacher_accuracy", "ensemble_accuracy", "global_accuracy",
-                                                      "fedavg-once_accuracy", "student_accuracy"))
-            + f" | `{short(metrics['student_hash'], 12)}` | {metrics['wall_seconds']:.0f} |")
-    header = ("| run | dataset | partition | nodes | method | options (not default) | own teacher | ensemble | global teacher "
-              "| FedAvg once | student | student hash | wall s |\n"
-              "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---|---:|")
+            + " | ".join(
+                _pct(mean.get(k))
+                for k in (
+                    "teacher_accuracy",
+                    "ensemble_accuracy",
+                    "global_accuracy",
+                    "fedavg-once_accuracy",
+                    "student_accuracy",
+                )
+            )
+            + f" | `{short(metrics['student_hash'], 12)}` | {metrics['wall_seconds']:.0f} |"
+        )
+    header = (
+        "| run | dataset | partition | nodes | method | options (not default) | own teacher | ensemble "
+        "| global teacher "
+        "| FedAvg once | student | student hash | wall s |\n"
+        "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---|---:|"
+    )
     return header + "\n" + "\n".join(rows) + "\n"

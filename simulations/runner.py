@@ -12,11 +12,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from chain.backends import connect, is_embedded
+from chain.errors import RunFailed
 from chain.events import fetch_events, write_export
 from chain.identity import derive_account, run_id_of, save_key
 from chain.registry import Registry, fund
 from node.artifacts import ArtifactStore, new_seal_key, public_bytes, save_seal_key
 from node.server_app import Coordinator, RunLedger
+from simulations.report import write_run_dir
 from simulations.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -28,10 +30,6 @@ QUIET_ENV = {
     "RAY_DEDUP_LOGS": "0",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
-
-
-class RunFailed(RuntimeError):
-    pass
 
 
 @dataclass
@@ -73,7 +71,9 @@ def provision(scenario: Scenario, w3, out_dir: Path, setup_txs: list[dict]):
     else:
         registry, tx = Registry.deploy(w3, admin)
         setup_txs.append({"what": "deploy ModelRegistry", "tx": tx})
-    grants = [("RELAYER", relayer.address), ("DISTILLER", distiller.address)] + [("DATA_NODE", a.address) for a in nodes]
+    grants = [("RELAYER", relayer.address), ("DISTILLER", distiller.address)] + [
+        ("DATA_NODE", a.address) for a in nodes
+    ]
     for role, address in grants:
         if not registry.has_role(role, address):
             setup_txs.append({"what": f"grant {role}", "account": address, "tx": registry.grant(role, address, admin)})
@@ -107,11 +107,22 @@ def prepare_run(scenario: Scenario, out: Path | None = None, *, progress=None, a
         seal_key = new_seal_key()
         save_seal_key(seal_key, out_dir / "keys" / "distiller-x25519.key")
     coordinator = Coordinator(
-        registry=registry, relayer=relayer, distiller=distiller, store=ArtifactStore(out_dir / "store", seal_key),
+        registry=registry,
+        relayer=relayer,
+        distiller=distiller,
+        store=ArtifactStore(out_dir / "store", seal_key),
         seal_to=public_bytes(seal_key) if seal_key else b"",
-        run_id=run_id, config=scenario.decisive(), seed=scenario.seed, num_nodes=scenario.nodes, data=scenario.data,
-        teacher=scenario.teacher, distill=scenario.distill, keys_dir=(out_dir / "keys").resolve(),
-        federation=scenario.federation, faults=scenario.faults, audit=audit,
+        run_id=run_id,
+        config=scenario.decisive(),
+        seed=scenario.seed,
+        num_nodes=scenario.nodes,
+        data=scenario.data,
+        teacher=scenario.teacher,
+        distill=scenario.distill,
+        keys_dir=(out_dir / "keys").resolve(),
+        federation=scenario.federation,
+        faults=scenario.faults,
+        audit=audit,
         progress=progress or (lambda phase, done, total: None),
     )
     return PreparedRun(scenario, out_dir, w3, first_block, setup_txs, coordinator, started)
@@ -119,8 +130,6 @@ def prepare_run(scenario: Scenario, out: Path | None = None, *, progress=None, a
 
 def finish_run(run: PreparedRun) -> RunResult:
     """After the coordinator ran: read the events back and write the run directory."""
-    from simulations.report import write_run_dir
-
     scenario, coordinator, w3 = run.scenario, run.coordinator, run.w3
     if coordinator.error is not None:
         raise RunFailed(f"run {scenario.name}: {coordinator.error}") from coordinator.error
@@ -141,14 +150,19 @@ def finish_run(run: PreparedRun) -> RunResult:
     result = RunResult(run.out_dir, scenario, coordinator.ledger, chain, events, time.perf_counter() - run.started)
     write_export(events, run.out_dir / "events.json")
     (run.out_dir / "config.json").write_text(  # exactly the bytes whose SHA-256 is the on-chain configHash
-        json.dumps(coordinator.config_document, sort_keys=True, separators=(",", ":")))
+        json.dumps(coordinator.config_document, sort_keys=True, separators=(",", ":"))
+    )
     write_run_dir(result, transfer=coordinator.transfer)
     return result
 
 
 def run_scenario(
-    scenario: Scenario, out: Path | None = None, *, progress: Callable[[str, int, int], None] | None = None,
-    verbose: bool = False, audit=None,
+    scenario: Scenario,
+    out: Path | None = None,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+    verbose: bool = False,
+    audit=None,
 ) -> RunResult:
     """Play `scenario` in a local Flower simulation; `audit(message_type, reply)` sees every node's reply."""
     from flwr.simulation import run_simulation
@@ -161,17 +175,25 @@ def run_scenario(
     os.environ["FLWR_HOME"] = str((run.out_dir / ".flwr").resolve())
     backend_config = {
         "client_resources": {"num_cpus": scenario.simulation.cpus_per_node, "num_gpus": 0.0},
-        "init_args": {"include_dashboard": False, "logging_level": "INFO" if verbose else "ERROR",
-                      "log_to_driver": verbose,  # a node's failure is reported per node, not as a worker's traceback
-                      **({"num_cpus": scenario.simulation.num_cpus} if scenario.simulation.num_cpus else {})},
+        "init_args": {
+            "include_dashboard": False,
+            "logging_level": "INFO" if verbose else "ERROR",
+            "log_to_driver": verbose,  # a node's failure is reported per node, not as a worker's traceback
+            **({"num_cpus": scenario.simulation.num_cpus} if scenario.simulation.num_cpus else {}),
+        },
     }
     flwr_log = logging.getLogger("flwr")
     level = flwr_log.level
     if not verbose:  # run_simulation warns that it is deprecated on every call, and a failing node's
         flwr_log.setLevel(logging.CRITICAL)  # traceback is Flower's log: the run reports it per node instead
     try:
-        run_simulation(make_server_app(run.coordinator), client_app, scenario.nodes, backend_config=backend_config,
-                       verbose_logging=verbose)
+        run_simulation(
+            make_server_app(run.coordinator),
+            client_app,
+            scenario.nodes,
+            backend_config=backend_config,
+            verbose_logging=verbose,
+        )
     finally:
         flwr_log.setLevel(level)
     return finish_run(run)

@@ -12,14 +12,22 @@ from pathlib import Path
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from node.config import DataConfig, DistillConfig, FaultConfig, FederationConfig, Strict, TeacherConfig
+from chain.errors import ConfigError
+from node.config import (
+    DataConfig,
+    DistillConfig,
+    FaultConfig,
+    FederationConfig,
+    Strict,
+    TeacherConfig,
+    config_digest,
+)
 from node.data import LOADERS, PATH_DATASETS
 from node.dfkd import METHODS, MethodError
 from node.models import MODELS
-from node.server_app import config_digest
 
 
-class ScenarioError(ValueError):
+class ScenarioError(ConfigError):
     """A mistake in a scenario file; the message names the file and the field."""
 
 
@@ -48,25 +56,35 @@ class Scenario(Strict):
     @model_validator(mode="after")
     def _names_exist(self):
         if self.data.dataset not in LOADERS:
-            raise ValueError(f"data.dataset: unknown dataset {self.data.dataset!r} (known: {', '.join(sorted(LOADERS))})")
+            raise ValueError(
+                f"data.dataset: unknown dataset {self.data.dataset!r} (known: {', '.join(sorted(LOADERS))})"
+            )
         if self.data.dataset in PATH_DATASETS:
             path = self.data.path or PATH_DATASETS[self.data.dataset]
             if not Path(path).is_dir():
-                raise ValueError(f"data.path: {path} does not exist (dataset {self.data.dataset!r} is read from a local folder)")
+                raise ValueError(
+                    f"data.path: {path} does not exist (dataset {self.data.dataset!r} is read from a local folder)"
+                )
         for field, name in (("teacher.model", self.teacher.model), ("distill.student", self.distill.student)):
             if name not in MODELS:
                 raise ValueError(f"{field}: unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
         if self.distill.method not in METHODS:
-            raise ValueError(f"distill.method: unknown method {self.distill.method!r} (known: {', '.join(sorted(METHODS))})")
+            raise ValueError(
+                f"distill.method: unknown method {self.distill.method!r} (known: {', '.join(sorted(METHODS))})"
+            )
         if self.distill.method == "kd":
-            raise ValueError("distill.method: kd distils on real data, which no distiller has; it is for benchmarks only")
+            raise ValueError(
+                "distill.method: kd distils on real data, which no distiller has; it is for benchmarks only"
+            )
         try:
             METHODS[self.distill.method].Options(**self.distill.options)
         except ValidationError as exc:
             err = exc.errors()[0]
             raise ValueError(f"distill.options.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
         if self.federation.seal_artifacts and self.federation.mode == "fedavg":
-            raise ValueError("federation.seal_artifacts: fedavg aggregates plaintext updates; sealing is for one-shot runs")
+            raise ValueError(
+                "federation.seal_artifacts: fedavg aggregates plaintext updates; sealing is for one-shot runs"
+            )
         if self.federation.min_nodes > self.nodes:
             raise ValueError(f"federation.min_nodes: {self.federation.min_nodes} is more than the {self.nodes} nodes")
         for phase in ("train", "evaluate"):
@@ -135,7 +153,7 @@ def apply_override(raw: dict, item: str) -> None:
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ScenarioError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
+            raise ScenarioError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
         node = child
     node[parts[-1]] = value
 

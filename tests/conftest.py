@@ -65,5 +65,11 @@ def deployed(request) -> Deployed:
 def kdledger(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the CLI as a user would, in a child process."""
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "simulations.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "simulations.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )

@@ -26,8 +26,10 @@ def model_and_blob(seed=3):
 
 def test_same_weights_same_hash_across_processes():
     # the safetensors library's own writer fails this: its header order is seeded per process
-    hashes = {subprocess.run([sys.executable, "-c", HASH_IN_CHILD], capture_output=True, text=True, check=True)
-              .stdout.strip() for _ in range(2)}
+    hashes = {
+        subprocess.run([sys.executable, "-c", HASH_IN_CHILD], capture_output=True, text=True, check=True).stdout.strip()
+        for _ in range(2)
+    }
     assert len(hashes) == 1
     assert hashes == {sha256(model_and_blob()[1]).hex()}
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import kdledger
+
 from node.dfkd import MethodError
 from simulations.bench import parse_method, split_methods
 
@@ -19,10 +19,30 @@ def test_method_specs_split_and_parse():
 
 
 def test_tiny_bench_on_digits_writes_markdown_and_json(tmp_path):
-    done = kdledger("bench", "dfkd", "--dataset", "digits", "--teacher", "digits-cnn-bn", "--student",
-                    "digits-cnn-half-bn", "--methods", "noise,genkd:node_iterations=3,sgld_steps=4,k=2,fast:iterations=3,kd",
-                    "--loop", "samples=256", "--loop", "steps=40", "--seeds", "0,1", "--teacher-epochs", "2",
-                    "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"))
+    done = kdledger(
+        "bench",
+        "dfkd",
+        "--dataset",
+        "digits",
+        "--teacher",
+        "digits-cnn-bn",
+        "--student",
+        "digits-cnn-half-bn",
+        "--methods",
+        "noise,genkd:node_iterations=3,sgld_steps=4,k=2,fast:iterations=3,kd",
+        "--loop",
+        "samples=256",
+        "--loop",
+        "steps=40",
+        "--seeds",
+        "0,1",
+        "--teacher-epochs",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+        "--cache",
+        str(tmp_path / "cache"),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "bench.json").read_text())
     methods = [r["method"] for r in result["rows"]]
@@ -55,15 +75,37 @@ def test_bench_keeps_each_row_as_it_finishes_and_a_budget_follows_the_clock(tmp_
     from simulations.bench import bench_dfkd
 
     seen = []
-    final = bench_dfkd(dataset="digits", data_path=None, teacher_name="digits-cnn", student_name="digits-cnn-half",
-                       methods=["noise", "kd"], loop=StudentLoop(samples=64, steps=10, batch_size=32), teacher_epochs=1,
-                       seeds=[0], minutes=[None], device="cpu", cache=tmp_path, on_row=seen.append)
+    final = bench_dfkd(
+        dataset="digits",
+        data_path=None,
+        teacher_name="digits-cnn",
+        student_name="digits-cnn-half",
+        methods=["noise", "kd"],
+        loop=StudentLoop(samples=64, steps=10, batch_size=32),
+        teacher_epochs=1,
+        seeds=[0],
+        minutes=[None],
+        device="cpu",
+        cache=tmp_path,
+        on_row=seen.append,
+    )
     assert [len(r["rows"]) for r in seen] == [1, 2] and [r["pending_rows"] for r in seen] == [1, 0]
     assert seen[0]["rows"][0]["gap_to_kd"] is None  # kd has not run yet when noise's row is written
     assert final["rows"] == seen[-1]["rows"]
-    timed = bench_dfkd(dataset="digits", data_path=None, teacher_name="digits-cnn", student_name="digits-cnn-half",
-                       methods=["noise"], loop=StudentLoop(samples=10**6, steps=10**6, batch_size=32), teacher_epochs=1,
-                       seeds=[0], minutes=[0.02], device="cpu", cache=tmp_path, evaluate_on="validation")
+    timed = bench_dfkd(
+        dataset="digits",
+        data_path=None,
+        teacher_name="digits-cnn",
+        student_name="digits-cnn-half",
+        methods=["noise"],
+        loop=StudentLoop(samples=10**6, steps=10**6, batch_size=32),
+        teacher_epochs=1,
+        seeds=[0],
+        minutes=[0.02],
+        device="cpu",
+        cache=tmp_path,
+        evaluate_on="validation",
+    )
     row = timed["rows"][0]
     assert row["budget_min"] == 0.02 and row["samples"] < 10**6 and timed["evaluated_on"] == "validation"
 
@@ -77,7 +119,6 @@ def test_kd_is_refused_in_a_scenario(tmp_path):
 
 def test_bench_scale_times_each_node_count_and_the_chain_share(tmp_path):
     import yaml
-
     from conftest import ROOT
 
     spec = yaml.safe_load((ROOT / "simulations/scenarios/quickstart.yaml").read_text())
@@ -98,15 +139,25 @@ def test_bench_scale_times_each_node_count_and_the_chain_share(tmp_path):
     again = kdledger("bench", "scale", "--scenario", str(scenario), "--nodes", "2", "--out", str(tmp_path / "out"))
     assert again.returncode == 1 and "not empty" in again.stderr
     # the same bench against a devnet: every transaction goes to that chain
+    from conftest import free_port
     from web3 import Web3
 
     from chain.devnet import Devnet
-    from conftest import free_port
 
     net = Devnet(port=free_port(), state=tmp_path / "state.json").start()
     try:
-        done = kdledger("bench", "scale", "--scenario", str(scenario), "--nodes", "2", "--rpc", net.rpc_url,
-                        "--out", str(tmp_path / "rpc"))
+        done = kdledger(
+            "bench",
+            "scale",
+            "--scenario",
+            str(scenario),
+            "--nodes",
+            "2",
+            "--rpc",
+            net.rpc_url,
+            "--out",
+            str(tmp_path / "rpc"),
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         result = json.loads((tmp_path / "rpc" / "scale.json").read_text())
         assert result["chain"] == net.rpc_url

@@ -17,7 +17,12 @@ def h(text: str) -> bytes:
 
 def publication(d, signer, model_hash, *, nonce=None, deadline=None, kind=KIND_TEACHER):
     return Publication(
-        node=signer.address, model_hash=model_hash, kind=kind, round=0, run_id=RUN, uri="file:store",
+        node=signer.address,
+        model_hash=model_hash,
+        kind=kind,
+        round=0,
+        run_id=RUN,
+        uri="file:store",
         nonce=d.registry.nonce(signer.address) if nonce is None else nonce,
         deadline=d.registry.deadline() if deadline is None else deadline,
     )
@@ -29,8 +34,15 @@ def publish(d, signer, model_hash, **kw):
 
 
 def attestation(d, signer, model_hash, bps=9000):
-    return Attestation(node=signer.address, model_hash=model_hash, run_id=RUN, accuracy_bps=bps, num_examples=100,
-                       nonce=d.registry.nonce(signer.address), deadline=d.registry.deadline())
+    return Attestation(
+        node=signer.address,
+        model_hash=model_hash,
+        run_id=RUN,
+        accuracy_bps=bps,
+        num_examples=100,
+        nonce=d.registry.nonce(signer.address),
+        deadline=d.registry.deadline(),
+    )
 
 
 def reverts(name):

@@ -6,11 +6,11 @@ import subprocess
 
 import pytest
 import yaml
+from conftest import free_port, kdledger
+from test_end_to_end import NODES, reduced_quickstart
 
 from chain.compiler import load_artifact
 from chain.devnet import Devnet, DevnetError, foundry_tool
-from conftest import free_port, kdledger
-from test_end_to_end import NODES, reduced_quickstart
 
 
 @pytest.fixture(scope="module")
@@ -57,24 +57,41 @@ def test_events_filters(devnet_run):
 def test_cast_reads_the_events_with_the_committed_abi(devnet_run):
     net, run_dir = devnet_run
     contract = json.loads((run_dir / "chain.json").read_text())["contract"]
-    ours = {e["args"]["modelHash"]: e for e in json.loads((run_dir / "events.json").read_text())
-            if e["event"] == "TeacherRegistered"}
+    ours = {
+        e["args"]["modelHash"]: e
+        for e in json.loads((run_dir / "events.json").read_text())
+        if e["event"] == "TeacherRegistered"
+    }
     (abi,) = [e for e in load_artifact()["abi"] if e.get("name") == "TeacherRegistered"]
     signature = f"TeacherRegistered({','.join(i['type'] for i in abi['inputs'])})"
     unindexed = f"TeacherRegistered({','.join(i['type'] for i in abi['inputs'] if not i['indexed'])})"
     cast = str(foundry_tool("cast"))
-    logs = json.loads(subprocess.run(
-        [cast, "logs", "--json", "--rpc-url", net.rpc_url, "--address", contract, "--from-block", "0", signature],
-        capture_output=True, text=True, check=True).stdout)
+    logs = json.loads(
+        subprocess.run(
+            [cast, "logs", "--json", "--rpc-url", net.rpc_url, "--address", contract, "--from-block", "0", signature],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert len(logs) == NODES
     for log in logs:
         model_hash, node = log["topics"][1], "0x" + log["topics"][2][-40:]
-        kind, rnd, uri = json.loads(subprocess.run([cast, "decode-event", "--json", "--sig", unindexed, log["data"]],
-                                                   capture_output=True, text=True, check=True).stdout)
+        kind, rnd, uri = json.loads(
+            subprocess.run(
+                [cast, "decode-event", "--json", "--sig", unindexed, log["data"]],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
         ours_event = ours[model_hash]
         assert ours_event["args"]["node"].lower() == node
-        assert (int(kind), int(rnd), uri) == (ours_event["args"]["kind"], ours_event["args"]["round"],
-                                              ours_event["args"]["uri"])
+        assert (int(kind), int(rnd), uri) == (
+            ours_event["args"]["kind"],
+            ours_event["args"]["round"],
+            ours_event["args"]["uri"],
+        )
         assert ours_event["tx"] == log["transactionHash"]
 
 
@@ -110,8 +127,13 @@ def test_devnet_command_prints_the_url_and_stops_cleanly_on_ctrl_c(tmp_path):
     except DevnetError as exc:
         pytest.skip(str(exc))
     port, state = free_port(), tmp_path / "state.json"
-    proc = subprocess.Popen([sys.executable, "-m", "simulations.cli", "devnet", "--port", str(port), "--state", str(state)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulations.cli", "devnet", "--port", str(port), "--state", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     try:
         first = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}" in first

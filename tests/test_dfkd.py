@@ -5,7 +5,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from node.dfkd import METHODS, InputSpace, MethodError, StudentLoop, build_synthesizer, distill, kd_loss
 from node.dfkd.augment import Augment
@@ -22,8 +21,9 @@ FMNIST = InputSpace((1, 28, 28), flip=True)
 
 def nets(seed=0, arch="digits-cnn", shape=(1, 8, 8)):
     torch.manual_seed(seed)
-    return build_model(arch, shape, 10).eval(), build_model(arch.replace("-bn", "") + "-half"
-                                                            if "lenet" not in arch else "lenet5-half-bn", shape, 10)
+    return build_model(arch, shape, 10).eval(), build_model(
+        arch.replace("-bn", "") + "-half" if "lenet" not in arch else "lenet5-half-bn", shape, 10
+    )
 
 
 def lenet_bn(seed=0):
@@ -163,9 +163,15 @@ def test_ensemble_weights_per_class_let_the_nodes_that_saw_a_class_speak_for_it(
 
 # -- every method, through the registry ----------------------------------------------------------------
 OPTIONS = {
-    "noise": {}, "kd": {}, "fast": {"iterations": 2}, "deepinversion": {"iterations": 2},
-    "dafl": {"batch_size": 8}, "minkowski": {"batch_size": 8}, "zskd": {"iterations": 2},
-    "softtarget": {"iterations": 2}, "genkd": {"sgld_steps": 3, "k": 2, "batch_size": 8},
+    "noise": {},
+    "kd": {},
+    "fast": {"iterations": 2},
+    "deepinversion": {"iterations": 2},
+    "dafl": {"batch_size": 8},
+    "minkowski": {"batch_size": 8},
+    "zskd": {"iterations": 2},
+    "softtarget": {"iterations": 2},
+    "genkd": {"sgld_steps": 3, "k": 2, "batch_size": 8},
     "public": {"dataset": "fashion-mnist"},
 }
 
@@ -216,7 +222,7 @@ def test_the_documented_options_are_the_code_s_and_every_option_is_explained():
     tables = [options_markdown(name) for name in sorted(METHODS)]
     docs = Path(__file__).parents[1].joinpath("docs", "configuration.md").read_text()
     begin, end = "<!-- kdledger methods: begin -->\n", "<!-- kdledger methods: end -->"
-    assert docs[docs.index(begin) + len(begin):docs.index(end)] == "\n".join(tables)
+    assert docs[docs.index(begin) + len(begin) : docs.index(end)] == "\n".join(tables)
     for name in METHODS:
         undocumented = [k for k, f in METHODS[name].Options.model_fields.items() if not f.description]
         assert not undocumented, f"{name}: options without a description: {undocumented}"
@@ -288,8 +294,14 @@ def test_a_time_budget_stops_the_run_and_the_curve_records_it():
     teacher, student = nets()
     syn = build_synthesizer("noise", teacher, student, DIGITS, {"batch_size": 16}, seed=0, device=CPU)
     calls = []
-    result = distill(syn, StudentLoop(samples=10**6, steps=10**7, batch_size=16), seed=0, budget_s=1.0,
-                     checkpoints=[0.2], evaluate=lambda model: calls.append(1) or 0.5)
+    result = distill(
+        syn,
+        StudentLoop(samples=10**6, steps=10**7, batch_size=16),
+        seed=0,
+        budget_s=1.0,
+        checkpoints=[0.2],
+        evaluate=lambda model: calls.append(1) or 0.5,
+    )
     assert len(result.transfer) < 10**6 and result.student_steps < 10**7  # stopped by the clock, not the plan
     assert result.curve[-1]["seconds"] >= 1.0 and len(calls) == len(result.curve) <= 2
     assert [c["seconds"] for c in result.curve] == sorted(c["seconds"] for c in result.curve)

@@ -6,8 +6,8 @@ import stat
 
 import pytest
 import yaml
-
 from conftest import ROOT, kdledger
+
 from node.artifacts import ArtifactStore, TamperedArtifact
 
 NODES = 3
@@ -77,8 +77,11 @@ def test_onchain_accuracies_are_what_the_nodes_measured(runs):
     run_dir, _ = runs[0]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     events = json.loads((run_dir / "events.json").read_text())
-    attested = {(e["args"]["node"], e["args"]["modelHash"]): e["args"]["accuracyBps"]
-                for e in events if e["event"] == "AccuracyAttested"}
+    attested = {
+        (e["args"]["node"], e["args"]["modelHash"]): e["args"]["accuracyBps"]
+        for e in events
+        if e["event"] == "AccuracyAttested"
+    }
     for row in metrics["nodes"]:
         assert attested[(row["node"], metrics["student_hash"])] == round(row["student_accuracy"] * 10_000)
         assert attested[(row["node"], "0x" + row["teacher_hash"])] == round(row["teacher_accuracy"] * 10_000)

@@ -4,13 +4,14 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import kdledger
+
 from simulations.runner import run_scenario
 from simulations.scenario import Scenario
 
 SMALL = {
-    "seed": 3, "teacher": {"epochs": 3},
+    "seed": 3,
+    "teacher": {"epochs": 3},
     "distill": {"method": "softtarget", "samples": 200, "steps": 40, "options": {"iterations": 10, "lr": 0.05}},
 }
 

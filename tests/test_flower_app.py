@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from chain.devnet import Devnet, DevnetError, foundry_tool
 from conftest import ROOT, free_port
 from test_end_to_end import reduced_quickstart
+
+from chain.devnet import Devnet, DevnetError, foundry_tool
 
 
 def stop_by_pid(pattern: str) -> None:
@@ -31,10 +31,17 @@ def test_flwr_run_against_a_devnet(tmp_path):
     flwr_home = tmp_path / "flwr-home"
     flwr_home.mkdir()
     (flwr_home / "config.toml").write_text(
-        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\noptions.num-supernodes = 3\n')
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\noptions.num-supernodes = 3\n'
+    )
     scenario, out = reduced_quickstart(tmp_path), tmp_path / "run"
-    env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     with Devnet(port=free_port()) as net:
         spec = yaml.safe_load(scenario.read_text())
         spec["chain"] = {"rpc_url": net.rpc_url}
@@ -42,7 +49,12 @@ def test_flwr_run_against_a_devnet(tmp_path):
         try:
             submit = subprocess.run(
                 ["flwr", "run", ".", "local", "--run-config", f'scenario="{scenario}" out="{out}"'],
-                cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
             deadline = time.monotonic() + 600
             while not (out / "report.md").exists() and time.monotonic() < deadline:

@@ -8,8 +8,18 @@ import torch.nn.functional as F
 
 from node.dfkd import InputSpace, StudentLoop, build_synthesizer, distill
 from node.dfkd.genkd import (
-    GenKDOptions, Langevin, LabelPrior, PolicyGradient, ReplayBuffer, balanced_backward, dirichlet_concentration,
-    downstream_loss, ebm_training_loss, energy, seeded_gamma, train_ebm,
+    GenKDOptions,
+    LabelPrior,
+    Langevin,
+    PolicyGradient,
+    ReplayBuffer,
+    balanced_backward,
+    dirichlet_concentration,
+    downstream_loss,
+    ebm_training_loss,
+    energy,
+    seeded_gamma,
+    train_ebm,
 )
 from node.models import build_model
 
@@ -44,7 +54,7 @@ def test_seeded_gamma_has_the_right_mean_and_prior_labels_are_distributions():
     k, soft = prior.sample(500, gen())
     assert torch.allclose(soft.sum(1), torch.ones(500), atol=1e-5)
     # a soft label puts more mass on its own class than on average: row k of alpha peaks at k
-    assert (soft.gather(1, k.view(-1, 1)).mean() > soft.mean())
+    assert soft.gather(1, k.view(-1, 1)).mean() > soft.mean()
     k2, soft2 = prior.sample(500, gen())
     assert torch.equal(k, k2) and torch.equal(soft, soft2)  # reproducible from the generator
 
@@ -65,8 +75,15 @@ def test_buffer_samples_distinct_chains_and_synthesis_repeats_exactly():
 
     def transfer():
         t, s = nets()
-        syn = build_synthesizer("genkd", t, s, InputSpace(SHAPE), {"sgld_steps": 3, "k": 2, "batch_size": 16},
-                                seed=0, device=torch.device("cpu"))
+        syn = build_synthesizer(
+            "genkd",
+            t,
+            s,
+            InputSpace(SHAPE),
+            {"sgld_steps": 3, "k": 2, "batch_size": 16},
+            seed=0,
+            device=torch.device("cpu"),
+        )
         return distill(syn, StudentLoop(samples=48, steps=6, batch_size=16), seed=0).transfer
 
     assert torch.equal(transfer(), transfer())
@@ -134,11 +151,27 @@ def test_contrastive_divergence_sign_raises_f_on_data_relative_to_samples():
 
     def gap():
         with torch.no_grad():
-            return (energy(ebm, x_pos, y_pos, prior.log_marginal).mean() - energy(ebm, x_neg, labels, prior.log_marginal).mean()).item()
+            return (
+                energy(ebm, x_pos, y_pos, prior.log_marginal).mean()
+                - energy(ebm, x_neg, labels, prior.log_marginal).mean()
+            ).item()
 
     before = gap()
-    loss = ebm_training_loss(ebm, teacher, student, prior, Langevin(1.0, 0.01), PolicyGradient(), o, x_pos, y_pos,
-                             states, labels, None, gen())
+    loss = ebm_training_loss(
+        ebm,
+        teacher,
+        student,
+        prior,
+        Langevin(1.0, 0.01),
+        PolicyGradient(),
+        o,
+        x_pos,
+        y_pos,
+        states,
+        labels,
+        None,
+        gen(),
+    )
     assert torch.allclose(loss.l_a, -torch.tensor(before), atol=1e-5)
     loss.total.backward()
     with torch.no_grad():
@@ -160,8 +193,12 @@ def _pg_setup():
 def test_policy_gradient_reaches_theta_through_grad_x_f():
     teacher, student, ebm, lp, lang, labels, states = _pg_setup()
     soft = F.one_hot(labels, 10).float()
-    reward_fn = lambda x: downstream_loss(teacher, student, x, soft, torch.full((10,), 0.1), lambda_kl=1,  # noqa: E731
-                                          lambda_cls=1, temperature=4)
+
+    def reward_fn(x):
+        return downstream_loss(
+            teacher, student, x, soft, torch.full((10,), 0.1), lambda_kl=1, lambda_cls=1, temperature=4
+        )
+
     l_b, rewards = PolicyGradient().loss(ebm, lang, states, 0, 3, labels, lp, reward_fn)
     assert not rewards.requires_grad  # the reward is a number, not a path for gradients
     l_b.backward()
@@ -199,10 +236,36 @@ def test_genkd_n_differs_from_genkd_only_by_lambda_a_lb():
     x_pos, y_pos = torch.rand(32, *SHAPE) * 2 - 1, torch.randint(10, (32,))
     soft = F.one_hot(labels, 10).float()
     common = dict(sgld_steps=4, k=2, lambda_a=0.7)
-    with_pg = ebm_training_loss(ebm, teacher, student, prior, lang, PolicyGradient(), GenKDOptions(**common),
-                                x_pos, y_pos, states, labels, soft, gen(5))
-    without = ebm_training_loss(ebm, teacher, student, prior, lang, PolicyGradient(),
-                                GenKDOptions(**common, policy_gradient=False), x_pos, y_pos, states, labels, soft, gen(5))
+    with_pg = ebm_training_loss(
+        ebm,
+        teacher,
+        student,
+        prior,
+        lang,
+        PolicyGradient(),
+        GenKDOptions(**common),
+        x_pos,
+        y_pos,
+        states,
+        labels,
+        soft,
+        gen(5),
+    )
+    without = ebm_training_loss(
+        ebm,
+        teacher,
+        student,
+        prior,
+        lang,
+        PolicyGradient(),
+        GenKDOptions(**common, policy_gradient=False),
+        x_pos,
+        y_pos,
+        states,
+        labels,
+        soft,
+        gen(5),
+    )
     assert without.l_b == 0 and with_pg.l_b != 0
     assert torch.allclose(with_pg.total - without.total, 0.7 * with_pg.l_b, atol=1e-5)
     assert torch.allclose(with_pg.l_a, without.l_a) and torch.allclose(with_pg.l_cls, without.l_cls)
@@ -212,8 +275,14 @@ def test_data_node_ebm_training_runs_and_keeps_the_teacher_unchanged():
     teacher, student = nets()
     before = copy.deepcopy(teacher.state_dict())
     x, y = torch.rand(64, *SHAPE) * 2 - 1, torch.randint(10, (64,))
-    ebm, history = train_ebm(teacher, student, x, y, {"node_iterations": 3, "sgld_steps": 4, "k": 2,
-                                                      "buffer_size": 50, "batch_size": 16}, seed=0)
+    ebm, history = train_ebm(
+        teacher,
+        student,
+        x,
+        y,
+        {"node_iterations": 3, "sgld_steps": 4, "k": 2, "buffer_size": 50, "batch_size": 16},
+        seed=0,
+    )
     assert len(history["l_b"]) == 3 and all(v != 0 for v in history["l_b"])
     assert all(0 < scale for scale in history["pg_scale"])  # L_b was rescaled, not dropped
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
@@ -225,8 +294,15 @@ def test_genkd_steps_share_the_samples_between_node_ebms_by_their_data():
     from node.models import Ensemble
 
     _, student = nets(2)
-    syn = build_synthesizer("genkd", Ensemble(teachers, [3.0, 1.0]), student, InputSpace(SHAPE),
-                            {"sgld_steps": 2, "k": 1, "batch_size": 8}, seed=0, device=torch.device("cpu"))
+    syn = build_synthesizer(
+        "genkd",
+        Ensemble(teachers, [3.0, 1.0]),
+        student,
+        InputSpace(SHAPE),
+        {"sgld_steps": 2, "k": 1, "batch_size": 8},
+        seed=0,
+        device=torch.device("cpu"),
+    )
     assert syn.variant == "teacher-as-ebm"
     ebms = [{"ebm": copy.deepcopy(t)} for t in teachers]
     assert syn.use_node_models(ebms, [3.0, 1.0]) == "published-ebm"
@@ -256,8 +332,9 @@ def test_genkd_student_beats_the_noise_floor_on_digits():
     for method, options in (("noise", {}), ("genkd", {"sgld_steps": 10, "k": 3, "batch_size": 64})):
         torch.manual_seed(0)
         student = build_model("digits-cnn-half", SHAPE, 10)
-        syn = build_synthesizer(method, Ensemble(teachers), student, InputSpace(SHAPE), options, seed=0,
-                                device=torch.device("cpu"))
+        syn = build_synthesizer(
+            method, Ensemble(teachers), student, InputSpace(SHAPE), options, seed=0, device=torch.device("cpu")
+        )
         result = distill(syn, StudentLoop(samples=640, steps=300, batch_size=64), seed=0)
         scores[method] = sum(accuracy(result.student, t) * len(t) for t in tests) / sum(len(t) for t in tests)
     assert scores["genkd"] > scores["noise"] + 0.03, scores

@@ -1,7 +1,6 @@
 """A bad scenario ends in one short line naming the field, a non-zero exit, and no traceback."""
 
 import pytest
-
 from conftest import kdledger
 
 QUICK = "name: q\nnodes: 2\n"
@@ -44,8 +43,10 @@ def test_set_overrides_a_scenario_key_before_validation():
     from simulations.scenario import ScenarioError, load_scenario
 
     base = load_scenario("simulations/scenarios/fmnist-oneshot-a0.1.yaml")
-    spec = load_scenario("simulations/scenarios/fmnist-oneshot-a0.1.yaml",
-                         ["distill.method=softtarget", "distill.options={iterations: 50}", "data.alpha=0.5"])
+    spec = load_scenario(
+        "simulations/scenarios/fmnist-oneshot-a0.1.yaml",
+        ["distill.method=softtarget", "distill.options={iterations: 50}", "data.alpha=0.5"],
+    )
     assert (spec.distill.method, spec.distill.options, spec.data.alpha) == ("softtarget", {"iterations": 50}, 0.5)
     assert spec.config_hash() != base.config_hash()  # the on-chain config hash follows what actually runs
     with pytest.raises(ScenarioError, match="expected dotted.key=value"):
@@ -61,3 +62,33 @@ def test_set_on_the_command_line_gives_a_one_line_error(tmp_path):
     done = kdledger("run", "simulations/scenarios/quickstart.yaml", "--set", "nodes=zero", "--out", str(tmp_path / "r"))
     assert done.returncode == 1 and "nodes" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_every_user_facing_error_shares_one_root_and_the_cli_catches_only_that_root():
+    """One `except KdledgerError` in the CLI is enough: each layer's errors are branches of it."""
+    from chain.backends import ChainUnreachable
+    from chain.compiler import CompilerNotFound
+    from chain.devnet import DevnetError
+    from chain.errors import KdledgerError, RunFailed
+    from chain.registry import RegistryError
+    from node.artifacts import TamperedArtifact
+    from node.data import DatasetError
+    from node.dfkd import MethodError
+    from node.models import UnknownArchitecture
+    from simulations.cli import _user_errors
+    from simulations.scenario import ScenarioError
+
+    for cls in (
+        ChainUnreachable,
+        CompilerNotFound,
+        DevnetError,
+        RegistryError,
+        TamperedArtifact,
+        DatasetError,
+        MethodError,
+        UnknownArchitecture,
+        ScenarioError,
+        RunFailed,
+    ):
+        assert issubclass(cls, KdledgerError), cls
+    assert KdledgerError in _user_errors()

@@ -6,7 +6,13 @@ lives in criterions.py (losses), hooks.py (BN statistics), augment.py and bank.p
 """
 
 from node.dfkd.base import (
-    METHODS, InputSpace, MethodError, Synthesizer, build_synthesizer, method_class, register_method,
+    METHODS,
+    InputSpace,
+    MethodError,
+    Synthesizer,
+    build_synthesizer,
+    method_class,
+    register_method,
 )
 from node.dfkd.criterions import kd_loss
 from node.dfkd.distill import DistillResult, StudentLoop, distill, resolve_device
@@ -17,6 +23,17 @@ from node.dfkd import dafl, deepinversion, fast, genkd, kd, minkowski, noise, so
 DEFAULT_METHOD = "fast"
 
 __all__ = [
-    "DEFAULT_METHOD", "METHODS", "DistillResult", "InputSpace", "MethodError", "StudentLoop", "Synthesizer",
-    "build_synthesizer", "distill", "kd_loss", "method_class", "register_method", "resolve_device",
+    "DEFAULT_METHOD",
+    "METHODS",
+    "DistillResult",
+    "InputSpace",
+    "MethodError",
+    "StudentLoop",
+    "Synthesizer",
+    "build_synthesizer",
+    "distill",
+    "kd_loss",
+    "method_class",
+    "register_method",
+    "resolve_device",
 ]

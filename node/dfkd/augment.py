@@ -25,8 +25,12 @@ class Augment:
             dx = torch.randint(0, 2 * s + 1, (n,), generator=self.generator).to(x.device)
             rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
             cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-            x = padded[torch.arange(n, device=x.device)[:, None, None, None],
-                       torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+            x = padded[
+                torch.arange(n, device=x.device)[:, None, None, None],
+                torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+                rows,
+                cols,
+            ]
         if self.flip:
             mirror = (torch.rand(n, generator=self.generator) < 0.5).to(x.device)[:, None, None, None]
             x = torch.where(mirror, x.flip(3), x)

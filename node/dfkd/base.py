@@ -19,12 +19,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from chain.errors import ConfigError
 from node.dfkd.criterions import kd_loss
 
-METHODS: dict[str, type["Synthesizer"]] = {}
+METHODS: dict[str, type[Synthesizer]] = {}
 
 
-class MethodError(ValueError):
+class MethodError(ConfigError):
     pass
 
 
@@ -56,8 +57,16 @@ class Synthesizer(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[Options]] = Options
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, space: InputSpace, options: dict, *, seed: int,
-                 device: torch.device):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        space: InputSpace,
+        options: dict,
+        *,
+        seed: int,
+        device: torch.device,
+    ):
         if teacher is student:
             raise MethodError(f"{self.name}: the student must be a different network from the teacher")
         self.options = self.parse_options(options)
@@ -85,8 +94,17 @@ class Synthesizer(ABC):
 
     # -- hooks, with the defaults most methods want ------------------------------------------------
     @classmethod
-    def node_side(cls, teacher: nn.Module, student: nn.Module, x: torch.Tensor, y: torch.Tensor, options: dict,
-                  *, seed: int, space: InputSpace) -> dict[str, nn.Module]:
+    def node_side(
+        cls,
+        teacher: nn.Module,
+        student: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        options: dict,
+        *,
+        seed: int,
+        space: InputSpace,
+    ) -> dict[str, nn.Module]:
         """What a data node publishes besides its teacher for this method, trained on its private data.
 
         Keys are registry kinds ("ebm", "generator"). Most methods need nothing from the nodes.
@@ -102,11 +120,13 @@ class Synthesizer(ABC):
         """Only the benchmark's real-data ceiling (kd) takes data; a data-free method refuses it."""
         raise MethodError(f"{self.name} is data-free: it takes no real data")
 
-    def student_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        """The distance the student minimises to the teacher on a bank batch (Hinton KD unless the method has its own)."""
+    def student_loss(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+    ) -> torch.Tensor:
+        """The distance the student minimises to the teacher on a bank batch (Hinton KD unless a method has its own)."""
         return kd_loss(student_logits, teacher_logits, temperature)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook with nothing to do by default
         """Release what the method attached to the networks (hooks)."""
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -161,7 +181,7 @@ def options_markdown(name: str) -> str:
     """One method's options as a markdown table (key, default, meaning), read from its `Options` model, so the
     documentation cannot drift from the code (docs/configuration.md holds every method's, tests compare)."""
     cls = method_class(name)
-    summary = (cls.__doc__ if "__doc__" in vars(cls) and cls.__doc__ else sys.modules[cls.__module__].__doc__ or "")
+    summary = cls.__doc__ if "__doc__" in vars(cls) and cls.__doc__ else sys.modules[cls.__module__].__doc__ or ""
     summary = " ".join(summary.strip().split("\n\n")[0].split())
     lines = [f"### `{name}`", "", summary, "", "| key | default | meaning |", "|---|---|---|"]
     for key, field in cls.Options.model_fields.items():

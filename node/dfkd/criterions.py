@@ -12,16 +12,19 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     """KL(teacher || student) at temperature T, times T^2 so gradients keep their scale (Hinton 2015)."""
     t = temperature
     return F.kl_div(
-        F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-        log_target=True, reduction="batchmean",
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        log_target=True,
+        reduction="batchmean",
     ) * (t * t)
 
 
 def kl_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(teacher || student) of each sample at temperature T (not rescaled)."""
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1), log_target=True,
-                    reduction="none").sum(1)
+    return F.kl_div(
+        F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1), log_target=True, reduction="none"
+    ).sum(1)
 
 
 def agreement_disagreement(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:

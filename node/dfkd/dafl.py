@@ -39,16 +39,15 @@ def dafl_losses(teacher, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 @register_method("dafl")
-
-
 class DAFL(Synthesizer):
     Options = DAFLOptions
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         o = self.options
-        self.net = Generator(o.latent, self.space.shape, low=self.space.low, high=self.space.high,
-                             bn_eps=0.8).to(self.device)
+        self.net = Generator(o.latent, self.space.shape, low=self.space.low, high=self.space.high, bn_eps=0.8).to(
+            self.device
+        )
         self.opt = torch.optim.Adam(self.net.parameters(), lr=o.generator_lr)
 
     def latent(self, n: int) -> torch.Tensor:
@@ -66,4 +65,3 @@ class DAFL(Synthesizer):
         self.net.eval()
         with torch.no_grad():
             return self.net(self.latent(n))
-

@@ -36,8 +36,12 @@ class DeepInversionOptions(Options):
 
 def total_variation_l2(x: torch.Tensor) -> torch.Tensor:
     """DeepInversion's prior: the L2 norms of horizontal, vertical and both diagonal neighbour differences."""
-    return ((x[..., :, :-1] - x[..., :, 1:]).norm() + (x[..., :-1, :] - x[..., 1:, :]).norm()
-            + (x[..., 1:, :-1] - x[..., :-1, 1:]).norm() + (x[..., :-1, :-1] - x[..., 1:, 1:]).norm())
+    return (
+        (x[..., :, :-1] - x[..., :, 1:]).norm()
+        + (x[..., :-1, :] - x[..., 1:, :]).norm()
+        + (x[..., 1:, :-1] - x[..., :-1, 1:]).norm()
+        + (x[..., :-1, :-1] - x[..., 1:, 1:]).norm()
+    )
 
 
 @register_method("deepinversion")
@@ -48,8 +52,10 @@ class DeepInversion(Synthesizer):
         super().__init__(*args, **kwargs)
         self.stats = BNStatistics(self.teacher)
         if not self.stats:
-            raise MethodError("deepinversion matches batch-norm statistics, and this teacher has no batch-norm "
-                              "layers (use a -bn model, e.g. lenet5-bn, or the default method)")
+            raise MethodError(
+                "deepinversion matches batch-norm statistics, and this teacher has no batch-norm "
+                "layers (use a -bn model, e.g. lenet5-bn, or the default method)"
+            )
         self.jitter = Augment(2, self.space.flip, self.space.low, self.generator)
 
     def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -57,8 +63,12 @@ class DeepInversion(Synthesizer):
         seen = self.jitter(x)
         with self.stats.recording():
             logits = self.teacher(seen)
-        loss = (F.cross_entropy(logits, targets) + o.bn_weight * self.stats.take()
-                + o.tv_weight * total_variation_l2(seen) + o.l2_weight * seen.norm())
+        loss = (
+            F.cross_entropy(logits, targets)
+            + o.bn_weight * self.stats.take()
+            + o.tv_weight * total_variation_l2(seen)
+            + o.l2_weight * seen.norm()
+        )
         if o.adaptive:
             loss = loss + o.adaptive * (1 - js_divergence(logits, self.student(seen), o.temperature).clamp(0, 1))
         return loss

@@ -52,12 +52,20 @@ class StudentLoop(BaseModel):
     weight_decay: float = Field(5e-4, ge=0)
     batch_size: int = Field(128, ge=1, description="student batch drawn from the bank")
     temperature: float = Field(4.0, gt=0, description="KD temperature")
-    augment: bool = Field(True, description="shift every bank batch by up to 2 pixels (and mirror where the data allows)")
-    balanced: bool = Field(True, description="draw bank batches with every class (by the teacher's label) equally likely")
+    augment: bool = Field(
+        True, description="shift every bank batch by up to 2 pixels (and mirror where the data allows)"
+    )
+    balanced: bool = Field(
+        True, description="draw bank batches with every class (by the teacher's label) equally likely"
+    )
     ema: float = Field(0.0, ge=0, lt=1, description="decay of an averaged student that is returned instead; 0: none")
     warmup: float = Field(0.0, ge=0, lt=1, description="share of the rounds synthesised before the student starts")
-    mixup: float = Field(0.0, ge=0, description="Beta(a, a) of mixup between bank samples (relabelled by the teacher "
-                         "like any other input); 0: none")
+    mixup: float = Field(
+        0.0,
+        ge=0,
+        description="Beta(a, a) of mixup between bank samples (relabelled by the teacher "
+        "like any other input); 0: none",
+    )
 
 
 @dataclass
@@ -112,13 +120,18 @@ def mix(x: torch.Tensor, alpha: float, generator: torch.Generator) -> torch.Tens
 
 
 def distill(
-    synthesizer: Synthesizer, loop: StudentLoop, *, seed: int, budget_s: float | None = None,
+    synthesizer: Synthesizer,
+    loop: StudentLoop,
+    *,
+    seed: int,
+    budget_s: float | None = None,
     progress: Callable[[str, int, int], None] | None = None,
-    checkpoints: list[float] = (), evaluate: Callable[[nn.Module], float] | None = None,
+    checkpoints: list[float] = (),
+    evaluate: Callable[[nn.Module], float] | None = None,
 ) -> DistillResult:
     """Distil `synthesizer.teacher` into `synthesizer.student`; `evaluate` is called at `checkpoints` (seconds
     of distillation, the evaluation itself not counted) for a curve of accuracy against time."""
-    teacher, student, device = synthesizer.teacher, synthesizer.student, synthesizer.device
+    teacher, student = synthesizer.teacher, synthesizer.student
     rounds = math.ceil(loop.samples / synthesizer.batch_size)
     warm = min(int(loop.warmup * rounds), rounds - 1)
     gen = torch.Generator().manual_seed(seed)
@@ -179,8 +192,15 @@ def distill(
             while evaluate and ((pending and elapsed() >= pending[0]) or last):
                 e0, c0 = time.perf_counter(), time.process_time()
                 model = averaged.model if averaged else student
-                result.curve.append({"seconds": elapsed(), "cpu_s": time.process_time() - cpu0 - paused_cpu,
-                                     "steps": result.student_steps, "samples": len(bank), "accuracy": evaluate(model)})
+                result.curve.append(
+                    {
+                        "seconds": elapsed(),
+                        "cpu_s": time.process_time() - cpu0 - paused_cpu,
+                        "steps": result.student_steps,
+                        "samples": len(bank),
+                        "accuracy": evaluate(model),
+                    }
+                )
                 paused += time.perf_counter() - e0
                 paused_cpu += time.process_time() - c0
                 pending = [p for p in pending if p > result.curve[-1]["seconds"]]

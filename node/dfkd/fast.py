@@ -44,23 +44,39 @@ from node.models import Ensemble
 
 
 class FastOptions(Options):
-    iterations: int = Field(60, ge=1, description="optimisation steps per synthesised batch (60: the best student "
-                            "after 5 minutes among 30/40/60 on a validation split, BENCHMARKS.md)")
+    iterations: int = Field(
+        60,
+        ge=1,
+        description="optimisation steps per synthesised batch (60 beat 30 on a validation split at the same "
+        "wall-clock budget, BENCHMARKS.md)",
+    )
     lr: float = Field(0.1, gt=0, description="Adam learning rate on the pixels (betas 0.5, 0.99)")
     init_std: float = Field(0.5, gt=0, description="the free parameters start from N(0, init_std^2)")
-    downscale: int | None = Field(None, ge=1, description="the image is optimised at 1/downscale of its size and "
-                                  "upsampled (bilinear): a smoothness prior that costs nothing; 1: every pixel free; "
-                                  "default 2 for images 16 pixels or more across, else 1")
+    downscale: int | None = Field(
+        None,
+        ge=1,
+        description="the image is optimised at 1/downscale of its size and "
+        "upsampled (bilinear): a smoothness prior that costs nothing; 1: every pixel free; "
+        "default 2 for images 16 pixels or more across, else 1",
+    )
     bn_weight: float = Field(10.0, ge=0, description="weight of the BN statistics distance")
     bn_momentum: float = Field(0.0, ge=0, lt=1, description="Fast-DataFree's moving average of batch statistics")
-    first_bn_weight: float = Field(10.0, ge=0, description="weight of the first BN layer relative to the others: its "
-                                   "statistics are what tie the synthetic pixels to the data's")
+    first_bn_weight: float = Field(
+        10.0,
+        ge=0,
+        description="weight of the first BN layer relative to the others: its "
+        "statistics are what tie the synthetic pixels to the data's",
+    )
     ce_weight: float = Field(1.0, ge=0, description="weight of the teacher's cross-entropy to the target class")
     adversarial: float = Field(0.5, ge=0, description="weight of the masked teacher-student disagreement")
     tv_weight: float = Field(0.0, ge=0, description="total variation prior")
     jitter: bool = Field(True, description="random shifts (and mirroring where the data allows) while optimising")
-    meta: float = Field(0.0, ge=0, le=1, description="Reptile rate of a per-class starting image (0: every batch "
-                        "starts from noise alone)")
+    meta: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Reptile rate of a per-class starting image (0: every batch starts from noise alone)",
+    )
     # teachers without batch norm: a conditional generator instead of pixels
     latent: int = Field(64, ge=1, description="generator input dimension (generator fallback)")
     generator_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the generator (generator fallback)")
@@ -86,8 +102,9 @@ class FastInversion(Synthesizer):
         self.templates = torch.zeros((self.num_classes, *size), device=self.device)  # Reptile starts, per class
         if not all(self.stats):  # a member without BN layers: no statistics to invert against
             self.close()
-            self.conditional = Generator(o.latent + self.num_classes, self.space.shape, low=self.space.low,
-                                         high=self.space.high).to(self.device)
+            self.conditional = Generator(
+                o.latent + self.num_classes, self.space.shape, low=self.space.low, high=self.space.high
+            ).to(self.device)
             self.generator_opt = torch.optim.Adam(self.conditional.parameters(), lr=o.generator_lr, betas=(0.5, 0.999))
 
     @property
@@ -167,9 +184,10 @@ class FastInversion(Synthesizer):
         return mid + half * torch.tanh(free)
 
     def _generate(self, targets: torch.Tensor) -> torch.Tensor:
-        code = lambda: torch.cat([  # noqa: E731
-            torch.randn((len(targets), self.options.latent), generator=self.generator).to(self.device),
-            F.one_hot(targets, self.num_classes).float()], 1)
+        def code() -> torch.Tensor:
+            noise = torch.randn((len(targets), self.options.latent), generator=self.generator).to(self.device)
+            return torch.cat([noise, F.one_hot(targets, self.num_classes).float()], 1)
+
         self.conditional.train()
         for _ in range(self.options.iterations):
             loss = self.objective(self.conditional(code()), targets)

@@ -15,8 +15,16 @@ from torch import nn
 
 
 class Generator(nn.Module):
-    def __init__(self, latent: int, shape: tuple[int, int, int], *, low: float = -1.0, high: float = 1.0,
-                 width: int = 128, bn_eps: float = 1e-5):
+    def __init__(
+        self,
+        latent: int,
+        shape: tuple[int, int, int],
+        *,
+        low: float = -1.0,
+        high: float = 1.0,
+        width: int = 128,
+        bn_eps: float = 1e-5,
+    ):
         super().__init__()
         channels, height, w = shape
         self.latent, self.init, self.width = latent, (max(1, height // 4), max(1, w // 4)), width
@@ -24,11 +32,16 @@ class Generator(nn.Module):
         self.project = nn.Linear(latent, width * self.init[0] * self.init[1])
         self.body = nn.Sequential(
             nn.BatchNorm2d(width, eps=bn_eps),
-            nn.Upsample(scale_factor=2), nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width, eps=bn_eps),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width, eps=bn_eps),
             nn.LeakyReLU(0.2),
-            nn.Upsample(scale_factor=2), nn.Conv2d(width, width // 2, 3, padding=1),
-            nn.BatchNorm2d(width // 2, eps=bn_eps), nn.LeakyReLU(0.2),
-            nn.Conv2d(width // 2, channels, 3, padding=1), nn.Tanh(),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(width, width // 2, 3, padding=1),
+            nn.BatchNorm2d(width // 2, eps=bn_eps),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width // 2, channels, 3, padding=1),
+            nn.Tanh(),
         )
         self.size = (height, w)
 

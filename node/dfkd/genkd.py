@@ -77,7 +77,8 @@ class GenKDOptions(Options):
     step_size: float = Field(1.0, gt=0, description="SGLD step on grad_x f (JEM's decoupled form)")
     noise: float = Field(0.01, ge=0, description="SGLD noise standard deviation")
     parameterization: Literal["decoupled", "paper"] = Field(
-        "decoupled", description="'paper': Eq. 12 with step = sigma^2 / 2 and noise = sigma = `noise`")
+        "decoupled", description="'paper': Eq. 12 with step = sigma^2 / 2 and noise = sigma = `noise`"
+    )
     buffer_size: int = Field(10_000, ge=1, description="replay buffer (persistent chains), per EBM")
     reinit: float = Field(0.05, ge=0, le=1, description="mu: chance that a chain restarts from U(-1, 1)")
     k: int = Field(5, ge=1, description="K: consecutive Langevin steps in the policy gradient")
@@ -87,7 +88,8 @@ class GenKDOptions(Options):
     lambda_cls: float = Field(1.0, ge=0, description="weight of the classification terms")
     lambda_kl: float = Field(1.0, ge=0, description="weight of L_kl - L_kd inside L_c")
     prior: Literal["dirichlet", "uniform"] = Field(
-        "dirichlet", description="label prior: ZSKD's Dirichlet from the teacher's last layer, or uniform")
+        "dirichlet", description="label prior: ZSKD's Dirichlet from the teacher's last layer, or uniform"
+    )
     prior_beta: float = Field(1.0, gt=0, description="ZSKD's beta scaling of the concentrations")
     conditional: bool = Field(True, description="sample p(x|y) (true) or p(x) (false)")
     batch_size: int = Field(64, ge=1, description="chains continued per step")
@@ -127,8 +129,15 @@ class LabelPrior:
 class ReplayBuffer:
     """Persistent SGLD chains with the labels they were drawn for; U(-1, 1) at the start."""
 
-    def __init__(self, size: int, shape: tuple[int, ...], prior: LabelPrior, generator: torch.Generator,
-                 low: float = -1.0, high: float = 1.0):
+    def __init__(
+        self,
+        size: int,
+        shape: tuple[int, ...],
+        prior: LabelPrior,
+        generator: torch.Generator,
+        low: float = -1.0,
+        high: float = 1.0,
+    ):
         self.shape, self.prior, self.generator, self.low, self.high = shape, prior, generator, low, high
         self.x = self._uniform(size)
         self.labels, self.soft = prior.sample(size, generator)
@@ -175,7 +184,7 @@ class Langevin:
     high: float = 1.0
 
     @classmethod
-    def from_options(cls, o: GenKDOptions, low: float = -1.0, high: float = 1.0) -> "Langevin":
+    def from_options(cls, o: GenKDOptions, low: float = -1.0, high: float = 1.0) -> Langevin:
         if o.parameterization == "paper":  # Eq. 12: x + sigma^2/2 grad f + N(0, sigma^2)
             return cls(step=o.noise**2 / 2, noise=o.noise, low=low, high=high)
         return cls(step=o.step_size, noise=o.noise, low=low, high=high)
@@ -211,15 +220,21 @@ class Langevin:
         return per_dim.flatten(1).sum(1)
 
 
-def downstream_loss(teacher, student, x, soft_labels, reference_marginal, *, lambda_kl: float, lambda_cls: float,
-                    temperature: float) -> torch.Tensor:
+def downstream_loss(
+    teacher, student, x, soft_labels, reference_marginal, *, lambda_kl: float, lambda_cls: float, temperature: float
+) -> torch.Tensor:
     """L_c (Eq. 8) per sample: lambda_kl (L_kl - L_kd) + lambda_cls L_cls, without gradients."""
     with torch.no_grad():
         t_logits = teacher(x)
         t_prob = F.softmax(t_logits, dim=1)
         tau = temperature
-        l_kd = F.kl_div(F.log_softmax(student(x) / tau, 1), F.log_softmax(t_logits / tau, 1), log_target=True,
-                        reduction="none").sum(1) * tau * tau
+        l_kd = (
+            F.kl_div(
+                F.log_softmax(student(x) / tau, 1), F.log_softmax(t_logits / tau, 1), log_target=True, reduction="none"
+            ).sum(1)
+            * tau
+            * tau
+        )
         marginal = t_prob.mean(0).clamp_min(1e-12)
         ref = reference_marginal.to(x.device).clamp_min(1e-12)
         l_kl = (marginal * (marginal.log() - ref.log())).sum()  # batch-level: the same for every sample
@@ -242,8 +257,9 @@ class PolicyGradient:
             rewards = torch.stack([costs[i] - costs[i + 1] for i in range(len(window) - 1)])  # (K, batch)
         advantage = (rewards - self.baseline) / (rewards.std() + 1e-8)
         self.baseline = self.momentum * self.baseline + (1 - self.momentum) * rewards.mean().item()
-        log_m = torch.stack([langevin.log_prob(ebm, window[i], window[i + 1], labels, log_prior)
-                             for i in range(len(window) - 1)])
+        log_m = torch.stack(
+            [langevin.log_prob(ebm, window[i], window[i + 1], labels, log_prior) for i in range(len(window) - 1)]
+        )
         return -(advantage.detach() * log_m).mean(), rewards
 
 
@@ -275,8 +291,21 @@ class EBMStepLosses:
     l_b: torch.Tensor
 
 
-def ebm_training_loss(ebm, teacher, student, prior: LabelPrior, langevin: Langevin, pg: PolicyGradient,
-                      o: GenKDOptions, x_pos, y_pos, states, labels, soft, generator) -> EBMStepLosses:
+def ebm_training_loss(
+    ebm,
+    teacher,
+    student,
+    prior: LabelPrior,
+    langevin: Langevin,
+    pg: PolicyGradient,
+    o: GenKDOptions,
+    x_pos,
+    y_pos,
+    states,
+    labels,
+    soft,
+    generator,
+) -> EBMStepLosses:
     """Algorithm 1's terms on one batch (data node): L_a, L_cls and L_b."""
     log_prior = prior.log_marginal.to(x_pos.device)
     cond = labels if o.conditional else None
@@ -292,9 +321,18 @@ def ebm_training_loss(ebm, teacher, student, prior: LabelPrior, langevin: Langev
         with torch.no_grad():
             reference = F.softmax(teacher(x_pos), 1).mean(0)
         reward_fn = lambda x: downstream_loss(  # noqa: E731
-            teacher, student, x, soft if o.conditional else None, reference, lambda_kl=o.lambda_kl,
-            lambda_cls=o.lambda_cls, temperature=o.kd_temperature)
-        l_b, _ = pg.loss(ebm, langevin, states, _start(o, generator), min(o.k, o.sgld_steps), cond, log_prior, reward_fn)
+            teacher,
+            student,
+            x,
+            soft if o.conditional else None,
+            reference,
+            lambda_kl=o.lambda_kl,
+            lambda_cls=o.lambda_cls,
+            temperature=o.kd_temperature,
+        )
+        l_b, _ = pg.loss(
+            ebm, langevin, states, _start(o, generator), min(o.k, o.sgld_steps), cond, log_prior, reward_fn
+        )
     return EBMStepLosses(l_a + o.lambda_cls * l_cls + o.lambda_a * l_b, l_a, l_cls, l_b)
 
 
@@ -312,8 +350,17 @@ def balanced_backward(params: list[torch.nn.Parameter], mle: torch.Tensor, l_b: 
     return scale
 
 
-def train_ebm(teacher: nn.Module, student: nn.Module, x: torch.Tensor, y: torch.Tensor, options: dict, *,
-              seed: int, bounds=(-1.0, 1.0), progress=None) -> tuple[nn.Module, dict]:
+def train_ebm(
+    teacher: nn.Module,
+    student: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    options: dict,
+    *,
+    seed: int,
+    bounds=(-1.0, 1.0),
+    progress=None,
+) -> tuple[nn.Module, dict]:
     """A data node's EBM (Algorithm 1), warm-started from its teacher, with a proxy student trained alongside."""
     o = GenKDOptions(**options)
     gen = torch.Generator().manual_seed(seed)
@@ -335,8 +382,21 @@ def train_ebm(teacher: nn.Module, student: nn.Module, x: torch.Tensor, y: torch.
         x0, labels, soft = x0.to(device), labels.to(device), soft.to(device)
         states = langevin.chain(ebm, x0, labels if o.conditional else None, prior.log_marginal, o.sgld_steps, gen)
         batch = batch.to(x.device)
-        losses = ebm_training_loss(ebm, teacher, student, prior, langevin, pg, o, x[batch].to(device),
-                                   y[batch].to(device), states, labels, soft, gen)
+        losses = ebm_training_loss(
+            ebm,
+            teacher,
+            student,
+            prior,
+            langevin,
+            pg,
+            o,
+            x[batch].to(device),
+            y[batch].to(device),
+            states,
+            labels,
+            soft,
+            gen,
+        )
         opt.zero_grad(set_to_none=True)
         scale = balanced_backward(params, losses.l_a + o.lambda_cls * losses.l_cls, losses.l_b, o.lambda_a)
         opt.step()
@@ -402,8 +462,9 @@ class GenKD(Synthesizer):
             ebm = self.ebms[i].to(self.device).eval()
             for p in ebm.parameters():
                 p.requires_grad_(True)
-            buffer = ReplayBuffer(self.options.buffer_size, self.space.shape, self.prior, self.generator,
-                                  self.space.low, self.space.high)
+            buffer = ReplayBuffer(
+                self.options.buffer_size, self.space.shape, self.prior, self.generator, self.space.low, self.space.high
+            )
             self._chains[i] = (torch.optim.Adam(ebm.parameters(), lr=self.options.lr), buffer)
         return self._chains[i]
 
@@ -418,10 +479,25 @@ class GenKD(Synthesizer):
         states = self.langevin.chain(ebm, x0, cond, log_prior, o.sgld_steps, self.generator)
         if o.policy_gradient:  # no data here: L_b against the teacher, the student and the prior
             reward_fn = lambda x: downstream_loss(  # noqa: E731
-                self.teacher, self.student, x, soft if o.conditional else None, self.prior.marginal,
-                lambda_kl=o.lambda_kl, lambda_cls=o.lambda_cls, temperature=o.kd_temperature)
-            l_b, _ = self.pg.loss(ebm, self.langevin, states, _start(o, self.generator), min(o.k, o.sgld_steps),
-                                  cond, log_prior, reward_fn)
+                self.teacher,
+                self.student,
+                x,
+                soft if o.conditional else None,
+                self.prior.marginal,
+                lambda_kl=o.lambda_kl,
+                lambda_cls=o.lambda_cls,
+                temperature=o.kd_temperature,
+            )
+            l_b, _ = self.pg.loss(
+                ebm,
+                self.langevin,
+                states,
+                _start(o, self.generator),
+                min(o.k, o.sgld_steps),
+                cond,
+                log_prior,
+                reward_fn,
+            )
             opt.zero_grad(set_to_none=True)
             (o.lambda_a * l_b).backward()
             opt.step()

@@ -43,15 +43,19 @@ from node.models import Ensemble
 
 class SoftTargetOptions(Options):
     space: Literal["fc2", "softmax"] = Field(
-        "fc2", description="model the FC-2 output space (the paper's choice) or the softmax")
-    sigma: float = Field(1.5, gt=0, description="variance of every FC-2 element (1.5 for LeNet-5 on MNIST in the paper)")
+        "fc2", description="model the FC-2 output space (the paper's choice) or the softmax"
+    )
+    sigma: float = Field(
+        1.5, gt=0, description="variance of every FC-2 element (1.5 for LeNet-5 on MNIST in the paper)"
+    )
     activation_weight: float = Field(0.05, ge=0, description="lambda_a of Eq. 10")
     temperature: float = Field(20.0, gt=0, description="tau of Eq. 6-8")
     iterations: int = Field(1500, ge=1, description="Adam steps per batch of noise inputs")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate on the inputs")
     batch_size: int = Field(100, ge=1, description="inputs synthesised per step, each step one batch for the bank")
-    bn_weight: float = Field(10.0, ge=0, description="image prior where the teacher has BN (not in the paper; 0 for "
-                                                     "the paper's method)")
+    bn_weight: float = Field(
+        10.0, ge=0, description="image prior where the teacher has BN (not in the paper; 0 for the paper's method)"
+    )
 
 
 def correlation_from_weights(weight: torch.Tensor) -> torch.Tensor:
@@ -75,8 +79,10 @@ class SoftTarget(Synthesizer):
         super().__init__(*args, **kwargs)
         self.members = list(self.teacher.members) if isinstance(self.teacher, Ensemble) else [self.teacher]
         if self.options.space == "fc2" and not all(isinstance(m.fc_penult, torch.nn.Linear) for m in self.members):
-            raise MethodError("softtarget: space fc2 models the second-to-last FC layer, and this teacher has a single "
-                              "FC layer; use distill.options.space: softmax")
+            raise MethodError(
+                "softtarget: space fc2 models the second-to-last FC layer, and this teacher has a single "
+                "FC layer; use distill.options.space: softmax"
+            )
         self.steps_taken = 0
         self.stats: dict[int, BNStatistics] = {}
 
@@ -107,8 +113,9 @@ class SoftTarget(Synthesizer):
         teacher = self.members[self.steps_taken % len(self.members)]
         self.steps_taken += 1
         targets = self.soft_targets(teacher, n)
-        return self.optimise_inputs(self.noise(n), lambda x: self.generation_loss(teacher, x, targets),
-                                    self.options.iterations, self.options.lr)
+        return self.optimise_inputs(
+            self.noise(n), lambda x: self.generation_loss(teacher, x, targets), self.options.iterations, self.options.lr
+        )
 
     def close(self) -> None:
         for stats in self.stats.values():

@@ -36,8 +36,9 @@ class ZSKDOptions(Options):
     iterations: int = Field(1500, ge=1, description="Adam steps per batch")
     lr: float = Field(0.01, gt=0, description="Adam learning rate on the inputs")
     batch_size: int = Field(100, ge=1, description="inputs synthesised per step, each step one batch for the bank")
-    bn_weight: float = Field(10.0, ge=0, description="image prior where the teacher has BN (not in the paper; "
-                                                     "0 for the paper's method)")
+    bn_weight: float = Field(
+        10.0, ge=0, description="image prior where the teacher has BN (not in the paper; 0 for the paper's method)"
+    )
 
 
 @register_method("zskd")
@@ -69,8 +70,7 @@ class ZSKD(Synthesizer):
 
     def step(self, n: int) -> torch.Tensor:
         y = self.targets(n).to(self.device)
-        return self.optimise_inputs(self.noise(n), lambda x: self.loss(x, y), self.options.iterations,
-                                    self.options.lr)
+        return self.optimise_inputs(self.noise(n), lambda x: self.loss(x, y), self.options.iterations, self.options.lr)
 
     def close(self) -> None:
         self.stats.remove()
