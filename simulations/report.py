@@ -180,7 +180,8 @@ def compare_runs(run_dirs: list) -> str:
         split = {"dirichlet": f"dirichlet {data['alpha']}", "pathological": f"{data['classes_per_node']} classes/node"}
         distill = metrics["distill"]
         method = distill["method"] + ("" if distill.get("variant") in (None, "default") else f" ({distill['variant']})")
-        defaults = METHODS[distill["method"]].Options().model_dump(mode="json")
+        fields = METHODS[distill["method"]].Options.model_fields  # a required option (public's dataset) has none
+        defaults = {k: f.get_default(call_default_factory=True) for k, f in fields.items() if not f.is_required()}
         options = (
             ", ".join(f"{k}={v}" for k, v in sorted(config["distill"]["options"].items()) if defaults.get(k) != v)
             or "defaults"
