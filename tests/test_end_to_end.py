@@ -160,3 +160,20 @@ def test_compare_tabulates_runs_from_what_they_wrote(runs, tmp_path):
     assert metrics["student_hash"][:12] in lines[2] and metrics["student_hash"][:12] in lines[3]
     bad = kdledger("compare", str(tmp_path))
     assert bad.returncode == 1 and "not a kdledger run directory" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_compare_shows_only_options_that_differ_even_when_one_is_required(runs, tmp_path):
+    """`public` has a required option (its dataset): compare reads defaults only where there are some."""
+    from simulations.report import compare_runs
+
+    run = tmp_path / "public-run"
+    run.mkdir()
+    config = json.loads((runs[0][0] / "config.json").read_text())
+    metrics = json.loads((runs[0][0] / "metrics.json").read_text())
+    config["distill"]["method"], metrics["distill"]["method"] = "public", "public"
+    metrics["distill"]["variant"] = "default"
+    config["distill"]["options"] = {"dataset": "digits", "split": "test"}  # split is public's default
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    row = compare_runs([run]).strip().splitlines()[-1]
+    assert "| public | dataset=digits |" in row
