@@ -11,11 +11,12 @@ class KdledgerError(Exception):
 
 
 class ConfigError(KdledgerError, ValueError):
-    """A scenario, option or argument that cannot be run; the message names the field."""
+    """A scenario, option, argument or input file that cannot be used; the message names the field.
+    The CLI exits 2 for it (bad input), as for DataError; 1 for every other error."""
 
 
 class DataError(KdledgerError, ValueError):
-    """A dataset that cannot be read, or does not fit the scenario."""
+    """A dataset that cannot be read, or does not fit the scenario (exit status 2)."""
 
 
 class ArtifactError(KdledgerError):

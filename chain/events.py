@@ -10,6 +10,8 @@ from web3 import Web3
 from web3._utils.events import get_event_data
 
 from chain.compiler import load_artifact
+from chain.errors import ConfigError
+from chain.safejson import bounded_json
 
 
 def _jsonable(value):
@@ -53,4 +55,12 @@ def write_export(events: list[dict], path: Path) -> None:
 
 
 def read_export(path: Path) -> list[dict]:
-    return json.loads(Path(path).read_text())
+    """An events.json written by `write_export`; a file that is not one is a ConfigError naming it."""
+    try:
+        events = bounded_json(Path(path).read_bytes(), "events.json")
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not a readable events export ({type(exc).__name__})") from None
+    keys = {"event", "block", "tx", "args"}
+    if not isinstance(events, list) or not all(isinstance(e, dict) and keys <= e.keys() for e in events):
+        raise ConfigError(f"{path}: not an events export (a list of events, each with {', '.join(sorted(keys))})")
+    return events

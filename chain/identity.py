@@ -17,6 +17,9 @@ from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
+from chain.errors import ConfigError
+from chain.safejson import bounded_json
+
 KIND_TEACHER, KIND_EBM, KIND_GENERATOR, KIND_STUDENT = 1, 2, 3, 4
 KIND_NAMES = {KIND_TEACHER: "teacher", KIND_EBM: "ebm", KIND_GENERATOR: "generator", KIND_STUDENT: "student"}
 KIND_BY_NAME = {name: kind for kind, name in KIND_NAMES.items()}
@@ -137,6 +140,8 @@ def derive_account(seed: int, label: str) -> LocalAccount:
 
 
 def run_id_of(name: str, config_hash: bytes) -> bytes:
+    """keccak256(name)[:16] ++ config_hash[:16]; the runner passes "<scenario name>@<UTC start, ISO 8601>" and
+    the SHA-256 of the scenario's decisive sections (config.json without `as_run`): see docs/contracts.md."""
     return keccak(text=name)[:16] + config_hash[:16]
 
 
@@ -150,11 +155,12 @@ def save_key(account: LocalAccount, path: Path) -> None:
 
 
 def load_key(path: Path) -> LocalAccount:
+    """A key file written by `save_key`; anything else is a ConfigError naming the file."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = bounded_json(Path(path).read_bytes(), "key file")
         return Account.from_key(data["private_key"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"cannot read node key file {path}: {exc}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read key file {path}: {type(exc).__name__}") from None
 
 
 __all__ = [

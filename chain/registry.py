@@ -14,15 +14,16 @@ from dataclasses import dataclass
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
 from eth_tester.exceptions import TransactionFailed
+from eth_typing import ChecksumAddress
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
-from web3.exceptions import ContractCustomError, ContractLogicError
+from web3.exceptions import ContractCustomError, ContractLogicError, Web3Exception
 from web3.types import TxReceipt, Wei
 
 from chain.backends import is_embedded
 from chain.compiler import load_artifact
-from chain.errors import ChainError
-from chain.identity import Attestation, Domain, Publication
+from chain.errors import ChainError, ConfigError
+from chain.identity import DOMAIN_NAME, DOMAIN_VERSION, Attestation, Domain, Publication
 
 ROLES = {name: keccak(text=f"{name}_ROLE") for name in ("DATA_NODE", "DISTILLER", "RELAYER")}
 
@@ -86,6 +87,14 @@ def _revert_data(exc: Exception) -> bytes | None:
     return None
 
 
+def checksummed(address: str, what: str) -> str:
+    """An address as given (any case, 0x and 40 hex digits) in its EIP-55 form; a ConfigError naming `what`
+    otherwise. A mixed-case address must already be EIP-55: a wrong case there is a typo, not a style."""
+    if not isinstance(address, str) or not Web3.is_address(address):
+        raise ConfigError(f"{what} {address!r}: not an Ethereum address (0x and 40 hex digits, EIP-55 if mixed case)")
+    return to_checksum_address(address)
+
+
 class Registry:
     """ModelRegistry at one address on one chain. `chain_seconds` adds up the time spent talking to it."""
 
@@ -97,7 +106,7 @@ class Registry:
         self._errors = _error_table(artifact["abi"])
 
     @property
-    def address(self) -> str:
+    def address(self) -> ChecksumAddress:
         return self.contract.address
 
     @classmethod
@@ -174,6 +183,17 @@ class Registry:
         return self._send(self.contract.functions.attestAccuracy(att.as_struct(), signature), relayer)
 
     # -- reads -------------------------------------------------------------------------------
+    def is_model_registry(self) -> bool:
+        """Whether the contract at this address is a kdledger ModelRegistry: code there, and an ERC-5267
+        EIP-712 domain with our name and version (what every signature it checks is bound to)."""
+        try:
+            if not self.w3.eth.get_code(self.address):
+                return False
+            _, name, version, *_ = self.contract.functions.eip712Domain().call()
+        except (Web3Exception, ValueError, TransactionFailed):
+            return False
+        return (name, version) == (DOMAIN_NAME, DOMAIN_VERSION)
+
     def domain(self) -> Domain:
         return Domain(chain_id=self.w3.eth.chain_id, contract=self.address)
 

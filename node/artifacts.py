@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,10 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load as st_load
 
 from chain.errors import ArtifactError
-from node.models import Classifier, Ensemble, build_model
+from chain.safejson import bounded_json
+from node.models import Ensemble, Teacher, build_model
 
 
 class TamperedArtifact(ArtifactError):
@@ -101,6 +106,9 @@ DTYPES = {
 }
 
 
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
 def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     """A safetensors file whose bytes depend only on the tensors and metadata.
 
@@ -139,7 +147,7 @@ def serialize(
     return canonical_safetensors(model.state_dict(), meta)
 
 
-def average_weights(models: list[torch.nn.Module], weights: list[float]) -> dict[str, torch.Tensor]:
+def average_weights(models: Sequence[torch.nn.Module], weights: list[float]) -> dict[str, torch.Tensor]:
     """The weighted mean of several models' parameters and BN statistics (FedAvg); counters from the first."""
     total = sum(weights)
     states = [m.state_dict() for m in models]
@@ -156,31 +164,132 @@ def sha256(blob: bytes) -> bytes:
     return hashlib.sha256(blob).digest()
 
 
-def read_metadata(blob: bytes) -> dict:
-    """The safetensors header's metadata, read as JSON without touching tensor data."""
+MAX_HEADER_BYTES = 1 << 20  # a header lists names, dtypes, shapes: ours are a few kB, even for a ResNet ensemble
+
+
+class Metadata(BaseModel):
+    """A weights file's `__metadata__`, as serialize() writes it; JSON strings inside are decoded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    architecture: str = Field(max_length=96, pattern=r"^(ensemble:)?[a-z0-9][a-z0-9-]*$")
+    input_shape: tuple[int, int, int]
+    num_classes: int = Field(ge=1, le=100_000)
+    members: int | None = Field(None, ge=1, le=10_000)
+    label_counts: list[int] | None = Field(None, max_length=100_000)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a file must be before any of its tensors is allocated: one of `architectures` (or an ensemble of
+    the first, with up to `max_members` members) for this input shape and number of classes."""
+
+    architectures: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    max_members: int = 0
+
+
+def read_header(blob: bytes, *, owner: str = "?") -> tuple[Metadata, dict[str, dict]]:
+    """The file's metadata and tensor table, parsed within fixed bounds and checked for form only."""
+    where = f"artifact from {owner}"
+    if len(blob) < 8:
+        raise ArtifactError(f"{where}: {len(blob)} bytes is not a safetensors file")
     size = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + size])
-    return header.get("__metadata__", {})
+    if size > MAX_HEADER_BYTES or 8 + size > len(blob):
+        raise ArtifactError(f"{where}: header of {size} bytes (limit {MAX_HEADER_BYTES}, file {len(blob)} bytes)")
+    try:
+        header = bounded_json(blob[8 : 8 + size], "header")
+        raw = header.pop("__metadata__") if isinstance(header, dict) else None
+        if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+            raise ValueError("no __metadata__ of strings")
+        decoded = {k: bounded_json(v, k) if k in ("input_shape", "label_counts") else v for k, v in raw.items()}
+        meta = Metadata.model_validate(decoded)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"])
+        raise ArtifactError(f"{where}: metadata {field}: {error['msg']}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError, KeyError, AttributeError) as exc:
+        raise ArtifactError(f"{where}: unreadable header ({type(exc).__name__}: {str(exc)[:80]})") from None
+    for name, entry in header.items():
+        if not (
+            isinstance(entry, dict)
+            and set(entry) == {"dtype", "shape", "data_offsets"}
+            and isinstance(entry["shape"], list)
+            and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
+            and isinstance(entry["data_offsets"], list)
+            and len(entry["data_offsets"]) == 2
+            and all(isinstance(o, int) for o in entry["data_offsets"])
+        ):
+            raise ArtifactError(f"{where}: malformed entry for tensor {name[:80]!r}")
+    return meta, header
 
 
-def deserialize(blob: bytes, expected_hash: bytes, *, owner: str = "?") -> Classifier:
-    """Rebuild a model from verified bytes; refuse them if they are not what the chain says."""
+def _expected_tensors(meta: Metadata, expected: Expected, where: str) -> tuple[list[str], dict[str, tuple]]:
+    """The architecture to build and the (dtype, shape) of every tensor it holds, from a model on the meta
+    device (shapes only, no memory), after the metadata is checked against what the caller expects."""
+    if tuple(meta.input_shape) != tuple(expected.input_shape) or meta.num_classes != expected.num_classes:
+        raise ArtifactError(
+            f"{where}: made for inputs {list(meta.input_shape)} and {meta.num_classes} classes, "
+            f"expected {list(expected.input_shape)} and {expected.num_classes}"
+        )
+    if meta.label_counts is not None and len(meta.label_counts) != meta.num_classes:
+        raise ArtifactError(
+            f"{where}: label_counts has {len(meta.label_counts)} entries for {meta.num_classes} classes"
+        )
+    ensemble = meta.architecture.startswith("ensemble:")
+    arch = meta.architecture.removeprefix("ensemble:")
+    members = meta.members or 0
+    if ensemble and (arch != expected.architectures[0] or not 1 <= members <= expected.max_members):
+        raise ArtifactError(
+            f"{where}: an ensemble of {members} {arch}, expected up to {expected.max_members} "
+            f"{expected.architectures[0]}"
+        )
+    if not ensemble and (arch not in expected.architectures or meta.members is not None):
+        raise ArtifactError(f"{where}: architecture {arch}, expected {' or '.join(expected.architectures)}")
+    with torch.device("meta"):
+        state = build_model(arch, meta.input_shape, meta.num_classes).state_dict()
+    one = {name: (DTYPES[t.dtype], list(t.shape)) for name, t in state.items()}
+    if not ensemble:
+        return [arch], one
+    tensors = {f"members.{i}.{name}": spec for i in range(members) for name, spec in one.items()}
+    tensors["weights"] = ("F32", [members, meta.num_classes])
+    return [arch] * members, tensors
+
+
+def deserialize(blob: bytes, expected_hash: bytes, expected: Expected, *, owner: str = "?") -> Teacher:
+    """Rebuild a model from verified bytes; refuse them if they are not what the chain says (the hash) or not
+    what the caller expects (architecture, shapes, dtypes), before allocating anything the file asks for."""
     actual = sha256(blob)
     if actual != expected_hash:
         raise TamperedArtifact(
             f"artifact from {owner} does not match its on-chain hash 0x{expected_hash.hex()} "
             f"(file hashes to 0x{actual.hex()})"
         )
-    meta = read_metadata(blob)
-    shape, classes, arch = tuple(json.loads(meta["input_shape"])), int(meta["num_classes"]), meta["architecture"]
-    if arch.startswith("ensemble:"):
-        members = [build_model(arch.split(":", 1)[1], shape, classes) for _ in range(int(meta["members"]))]
-        model = Ensemble(members, num_classes=classes)
+    where = f"artifact 0x{expected_hash.hex()[:16]}… from {owner}"
+    meta, header = read_header(blob, owner=owner)
+    archs, wanted = _expected_tensors(meta, expected, where)
+    found = {name: (entry["dtype"], entry["shape"]) for name, entry in header.items()}
+    if found != wanted:
+        bad = next((n for n in sorted(set(found) | set(wanted)) if found.get(n) != wanted.get(n)), "?")
+        raise ArtifactError(f"{where}: tensor {bad[:80]!r} is {found.get(bad)}, expected {wanted.get(bad)}")
+    end = 0
+    for name in sorted(header, key=lambda n: header[n]["data_offsets"][0]):
+        start, stop = header[name]["data_offsets"]
+        dtype, shape = wanted[name]
+        if start != end or stop - start != math.prod(shape) * DTYPE_BYTES[dtype]:
+            raise ArtifactError(f"{where}: tensor {name!r} has offsets {start}..{stop}")
+        end = stop
+    if 8 + int.from_bytes(blob[:8], "little") + end != len(blob):
+        raise ArtifactError(f"{where}: {len(blob)} bytes, the tensors account for a different size")
+    model: Teacher
+    if meta.architecture.startswith("ensemble:"):
+        members = [build_model(a, meta.input_shape, meta.num_classes) for a in archs]
+        model = Ensemble(members, num_classes=meta.num_classes)
     else:
-        model = build_model(arch, shape, classes)
+        model = build_model(archs[0], meta.input_shape, meta.num_classes)
     model.load_state_dict(st_load(blob), strict=True)
-    if "label_counts" in meta:
-        model.label_counts = [int(c) for c in json.loads(meta["label_counts"])]
+    if meta.label_counts is not None:
+        model.label_counts = list(meta.label_counts)
     return model.eval()
 
 
@@ -227,5 +336,5 @@ class ArtifactStore:
             return unseal(sealed.read_bytes(), self.seal_key, model_hash, owner=owner)
         raise TamperedArtifact(f"artifact 0x{model_hash.hex()} from {owner} is missing from the store at {path}")
 
-    def load(self, model_hash: bytes, *, owner: str = "?") -> Classifier:
-        return deserialize(self.get(model_hash, owner=owner), model_hash, owner=owner)
+    def load(self, model_hash: bytes, expected: Expected, *, owner: str = "?") -> Teacher:
+        return deserialize(self.get(model_hash, owner=owner), model_hash, expected, owner=owner)

@@ -16,27 +16,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from chain.identity import KIND_BY_NAME, Attestation, Domain, Publication, load_key, sign
-from node.artifacts import deserialize, seal, serialize, sha256
-from node.config import DataConfig, DistillConfig, FaultConfig, TeacherConfig
+from chain.identity import KIND_BY_NAME, Attestation, Publication, load_key, sign
+from node.artifacts import Expected, deserialize, seal, serialize, sha256
+from node.config import DataConfig
 from node.data import Split, node_splits, spec_of
 from node.dfkd import InputSpace, method_class
 from node.dfkd.augment import Augment
+from node.messages import (
+    ARRAYS,
+    METRICS,
+    MODELS,
+    SEALED,
+    Identity,
+    Measurements,
+    Publications,
+    Task,
+    array_to_blob,
+    blob_to_array,
+    train_metrics,
+)
 from node.models import build_model
 from node.training import accuracy, train_classifier
 
 app = ClientApp()
-
-
-def blob_to_array(blob: bytes) -> Array:
-    return Array(np.frombuffer(blob, dtype=np.uint8))
-
-
-def array_to_blob(array: Array) -> bytes:
-    return array.numpy().tobytes()
 
 
 @functools.lru_cache(maxsize=4)
@@ -48,21 +53,15 @@ class DataNode:
     """One node's view of a message: its identity, its data, and the task's settings."""
 
     def __init__(self, msg: Message, context: Context):
-        task = msg.content["task"]
-        self.task = task
+        self.task = task = Task.read(msg.content, "the coordinator")
         self.partition_id = int(context.node_config["partition-id"])
         self.num_partitions = int(context.node_config["num-partitions"])
-        self.seed = int(task["seed"])
-        self.data_cfg = DataConfig.model_validate_json(task["data"])
-        key_file = context.node_config.get("key-file") or Path(task["keys-dir"]) / f"node-{self.partition_id}.json"
-        self.account = load_key(Path(key_file))
+        key_file = context.node_config.get("key-file") or Path(task.keys_dir) / f"node-{self.partition_id}.json"
+        self.account = load_key(Path(str(key_file)))
 
     @property
     def splits(self) -> tuple[Split, Split]:
-        return _splits(self.data_cfg, self.partition_id, self.num_partitions, self.seed)
-
-    def domain(self) -> Domain:
-        return Domain(chain_id=int(self.task["chain-id"]), contract=str(self.task["contract"]))
+        return _splits(self.task.data, self.partition_id, self.num_partitions, self.task.seed)
 
 
 def label_counts(split: Split, num_classes: int) -> list[int]:
@@ -70,23 +69,21 @@ def label_counts(split: Split, num_classes: int) -> list[int]:
     return np.bincount(split.y.numpy(), minlength=num_classes).tolist()
 
 
-def _reply(msg: Message, **records) -> Message:
-    return Message(RecordDict(records), reply_to=msg)
+def _reply(msg: Message, content: RecordDict) -> Message:
+    return Message(content, reply_to=msg)
 
 
 @app.query()
 def identify(msg: Message, context: Context) -> Message:
     node = DataNode(msg, context)
     train, test = node.splits
-    histogram = label_counts(train, spec_of(node.data_cfg.dataset).num_classes)
-    identity = ConfigRecord({"address": node.account.address, "partition-id": node.partition_id})
-    metrics = MetricRecord({"num-train": len(train), "num-test": len(test), "label-histogram": histogram})
-    return _reply(msg, identity=identity, metrics=metrics)
+    histogram = label_counts(train, spec_of(node.task.data.dataset).num_classes)
+    identity = Identity(node.account.address, node.partition_id, len(train), len(test), histogram)
+    return _reply(msg, identity.put(RecordDict()))
 
 
 def _inject_fault(node: DataNode, phase: str) -> None:
-    faults = FaultConfig.model_validate_json(node.task["faults"])
-    if node.partition_id in getattr(faults, phase):
+    if node.partition_id in getattr(node.task.faults, phase):
         raise RuntimeError(f"injected fault: partition {node.partition_id} fails in {phase}")
 
 
@@ -98,17 +95,17 @@ def train(msg: Message, context: Context) -> Message:
     node = DataNode(msg, context)
     _inject_fault(node, "train")
     torch.set_num_threads(1)  # one core per simulated node; also keeps float reductions in one order
-    cfg = TeacherConfig.model_validate_json(node.task["teacher"])
-    distill = DistillConfig.model_validate_json(node.task["distill"])
-    spec = spec_of(node.data_cfg.dataset)
+    task = node.task
+    cfg, distill = task.teacher, task.distill
+    spec = spec_of(task.data.dataset)
     train_split, _ = node.splits
-    round_ = int(node.task["round"])
-    node_seed = node.seed * 1000 + node.partition_id
+    round_ = task.round
+    node_seed = task.seed * 1000 + node.partition_id
     torch.manual_seed(node_seed)
     model = build_model(cfg.model, spec.input_shape, spec.num_classes)
-    if "arrays" in msg.content.array_records:  # start from the coordinator's model (every mode sends one)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    batch_seed = node.seed + node.partition_id + 7919 * round_
+    if ARRAYS in msg.content.array_records:  # start from the coordinator's model (every mode sends one)
+        model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
+    batch_seed = task.seed + node.partition_id + 7919 * round_
     augment = Augment(2, spec.flip, spec.bounds[0], torch.Generator().manual_seed(batch_seed)) if cfg.augment else None
     loss = train_classifier(
         model,
@@ -120,7 +117,7 @@ def train(msg: Message, context: Context) -> Message:
         augment=augment,
         cosine=cfg.cosine,
     )
-    published = {"teacher": model}
+    published: dict[str, torch.nn.Module] = {"teacher": model}
     if round_ == 0:  # one-shot: the method may want more from the data's owner
         proxy_student = build_model(distill.student, spec.input_shape, spec.num_classes)
         published |= method_class(distill.method).node_side(
@@ -132,9 +129,8 @@ def train(msg: Message, context: Context) -> Message:
             seed=node_seed,
             space=InputSpace(spec.input_shape, *spec.bounds, flip=spec.flip),
         )
-    seal_to = bytes(node.task["seal-to"])  # the distiller's X25519 key when files travel sealed
     counts = label_counts(train_split, spec.num_classes)
-    records, hashes, signatures = {}, [], []
+    content, hashes, signatures = RecordDict(), [], []
     for i, (kind, published_model) in enumerate(published.items()):
         blob = serialize(
             published_model,
@@ -148,23 +144,21 @@ def train(msg: Message, context: Context) -> Message:
             model_hash=sha256(blob),
             kind=KIND_BY_NAME[kind],
             round=round_,
-            run_id=node.task["run-id"],
-            uri=str(node.task["uri"]),
-            nonce=int(node.task["nonce"]) + i,
-            deadline=int(node.task["deadline"]),
+            run_id=task.run_id,
+            uri=task.uri,
+            nonce=task.nonce + i,
+            deadline=task.deadline,
         )
-        key = "arrays" if kind == "teacher" else kind
-        if seal_to:  # only the distiller can open it; the coordinator relays ciphertext
-            records[key] = ArrayRecord({"sealed": blob_to_array(seal(blob, seal_to, publication.model_hash))})
+        key = ARRAYS if kind == "teacher" else kind
+        if task.seal_to:  # only the distiller can open it; the coordinator relays ciphertext
+            content[key] = ArrayRecord({SEALED: blob_to_array(seal(blob, task.seal_to, publication.model_hash))})
         else:
-            records[key] = ArrayRecord(published_model.state_dict())
+            content[key] = ArrayRecord(published_model.state_dict())
         hashes.append(publication.model_hash)
-        signatures.append(sign(node.account, publication, node.domain()))
-    signed = ConfigRecord(
-        {"address": node.account.address, "kinds": list(published), "model-hashes": hashes, "signatures": signatures}
-    )
-    metrics = MetricRecord({"train-loss": loss, "num-examples": len(train_split)})
-    return _reply(msg, **records, publication=signed, metrics=metrics)
+        signatures.append(sign(node.account, publication, task.domain()))
+    Publications(node.account.address, list(published), hashes, signatures).put(content)
+    content[METRICS] = train_metrics(loss, len(train_split))
+    return _reply(msg, content)
 
 
 @app.evaluate()
@@ -174,14 +168,16 @@ def evaluate(msg: Message, context: Context) -> Message:
     _inject_fault(node, "evaluate")
     torch.set_num_threads(1)
     _, test_split = node.splits
-    models = msg.content["models"]
-    to_attest = list(node.task["attest"])
-    nonce, deadline = int(node.task["nonce"]), int(node.task["deadline"])
+    models = msg.content.array_records[MODELS]
+    spec = spec_of(node.task.data.dataset)  # a student, a teacher, or the nodes' ensemble: nothing else is loaded
+    archs = (node.task.teacher.model, node.task.distill.student)
+    expected = Expected(archs, spec.input_shape, spec.num_classes, max_members=node.num_partitions)
+    to_attest, nonce, deadline = node.task.attest, node.task.nonce, node.task.deadline
     hashes, bps, signatures = [], [], []
     for name in models.keys():
         blob = array_to_blob(models[name])
         model_hash = sha256(blob)  # the node signs what it measured, not what it was told
-        acc = accuracy(deserialize(blob, model_hash, owner="the coordinator"), test_split)
+        acc = accuracy(deserialize(blob, model_hash, expected, owner="the coordinator"), test_split)
         hashes.append(model_hash)
         bps.append(round(acc * 10_000))
     signed_hashes = [h for h in hashes if h in to_attest]
@@ -189,22 +185,12 @@ def evaluate(msg: Message, context: Context) -> Message:
         att = Attestation(
             node=node.account.address,
             model_hash=model_hash,
-            run_id=node.task["run-id"],
+            run_id=node.task.run_id,
             accuracy_bps=bps[hashes.index(model_hash)],
             num_examples=len(test_split),
             nonce=nonce + i,
             deadline=deadline,
         )
-        signatures.append(sign(node.account, att, node.domain()))
-    result = ConfigRecord(
-        {
-            "address": node.account.address,
-            "model-hashes": hashes,
-            "accuracy-bps": bps,
-            "num-examples": len(test_split),
-            "signed-hashes": signed_hashes,
-            "signatures": signatures,
-            "nonce": nonce,
-        }
-    )
-    return _reply(msg, attestations=result)
+        signatures.append(sign(node.account, att, node.task.domain()))
+    result = Measurements(node.account.address, hashes, bps, len(test_split), signed_hashes, signatures, nonce)
+    return _reply(msg, result.put(RecordDict()))

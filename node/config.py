@@ -46,6 +46,13 @@ class DistillConfig(StudentLoop):
     method: str = Field(DEFAULT_METHOD, description="a data-free method by name (node/dfkd)")
     student: str = "digits-cnn-half"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(
+        1,
+        ge=0,
+        description="torch threads of the distiller on CPU: a float sum depends on how it is split between "
+        "threads, so only a fixed count gives the same student hash on every machine; 0: every core "
+        "(faster, the hash then depends on the core count)",
+    )
     options: dict = Field(default_factory=dict, description="the method's own settings (see docs/configuration.md)")
 
 

@@ -7,7 +7,8 @@ the layers after it. Data-free methods reach into exactly these three pieces.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -31,7 +32,8 @@ class Classifier(nn.Module):
 
     features: nn.Module
     fc_penult: nn.Module  # nn.Identity where the network has a single FC layer (ResNets, WRN)
-    head: nn.Module
+    head: nn.Sequential  # ends in the nn.Linear whose rows are the classes
+    label_counts: list[int]  # a teacher loaded from its file: its node's class histogram (node/artifacts.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_penult(self.features(x)))
@@ -43,7 +45,9 @@ class Classifier(nn.Module):
 
     def classifier_weight(self) -> torch.Tensor:
         """The last layer's weight rows, one per class (ZSKD's and GenKD's class similarities)."""
-        return self.head[-1].weight
+        last = self.head[-1]
+        assert isinstance(last, nn.Linear)
+        return last.weight
 
 
 class SmallCNN(Classifier):
@@ -205,7 +209,8 @@ class WideResNet(Classifier):
         super().__init__()
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
-        layers, cin = [nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False)], widths[0]
+        layers: list[nn.Module] = [nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False)]
+        cin = widths[0]
         for i, width in enumerate(widths[1:]):
             for j in range(n):
                 layers.append(WideBlock(cin, width, 2 if j == 0 and i > 0 else 1))
@@ -246,7 +251,10 @@ class Ensemble(nn.Module):
     saw c speak for it). Each class's column is normalised to sum to one.
     """
 
-    def __init__(self, members: list[nn.Module], weights=None, *, num_classes: int | None = None):
+    weights: torch.Tensor
+    label_counts: list[int]  # set when loaded from a teacher's file (node/artifacts.py)
+
+    def __init__(self, members: Sequence[Classifier | Ensemble], weights=None, *, num_classes: int | None = None):
         super().__init__()
         self.members = nn.ModuleList(members)
         w = torch.as_tensor(weights if weights is not None else [1.0] * len(members), dtype=torch.float32)
@@ -259,15 +267,22 @@ class Ensemble(nn.Module):
             )
         self.register_buffer("weights", w / w.sum(0, keepdim=True).clamp_min(1e-12))
 
+    @property
+    def teachers(self) -> list[Classifier | Ensemble]:
+        return [cast(Classifier | Ensemble, m) for m in self.members]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(w * m(x) for w, m in zip(self.weights, self.members))
+        return cast(torch.Tensor, sum(w * m(x) for w, m in zip(self.weights, self.members)))
 
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ensemble's logits and every member's features side by side."""
-        outputs = [m.logits_and_features(x) for m in self.members]
-        logits = sum(w * out[0] for w, out in zip(self.weights, outputs))
+        outputs = [m.logits_and_features(x) for m in self.teachers]
+        logits = cast(torch.Tensor, sum(w * out[0] for w, out in zip(self.weights, outputs)))
         return logits, torch.cat([out[1] for out in outputs], dim=1)
 
     def classifier_weight(self) -> torch.Tensor:
         """The members' last-layer rows, averaged (a class's similarity to the others, as the ensemble sees it)."""
-        return torch.stack([m.classifier_weight() for m in self.members]).mean(0)
+        return torch.stack([m.classifier_weight() for m in self.teachers]).mean(0)
+
+
+Teacher = Classifier | Ensemble  # what a data-free method distils from

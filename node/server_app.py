@@ -2,39 +2,43 @@
 
 One run, in four phases (docs/architecture.md has the picture):
 1. identify: every data node reports its address and split sizes; only DATA_NODE addresses take part;
-2. teachers: one-shot, every node trains its own teacher once (and the coordinator registers their
-   ensemble and their weights averaged once, as baselines); fedavg, a Flower strategy builds one
-   global teacher over R rounds, every node's update and every round's aggregate registered. A
-   node replies with weight arrays and signatures; the coordinator rebuilds each canonical file,
-   checks it hashes to what the node signed, stores it and relays the signature to ModelRegistry;
+2. teachers: the scenario's Flower strategy (FedAvg by default) with registration mixed in
+   (node/strategy.py). One-shot, one round in which every node trains its own teacher (and their
+   ensemble and their weights averaged once are registered as baselines); fedavg, R rounds that
+   build one global teacher, every node's update and every round's aggregate registered. A node
+   replies with weight arrays and signatures; each canonical file is rebuilt, checked to hash to what
+   the node signed, stored, and the signature relayed to ModelRegistry;
 3. distill: the teacher files are checked against their on-chain hashes, then a data-free method
    makes the student, which the distiller commits with its lineage;
 4. evaluate: the student, the node's own teacher and the shared teachers go back to every node,
    which measures them on its private test split and signs; the coordinator relays each attestation.
+Every record on the wire is defined once, in node/messages.py.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from eth_account.signers.local import LocalAccount
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from chain.errors import ArtifactError, ConfigError, RunFailed
-from chain.identity import KIND_BY_NAME, Attestation, Publication
-from chain.registry import Registry, RegistryError
-from node.artifacts import ArtifactStore, average_weights, serialize, sha256
-from node.client_app import array_to_blob, blob_to_array
+from chain.errors import RunFailed
+from chain.identity import Attestation, Publication
+from chain.registry import Registry
+from node.artifacts import ArtifactStore, Expected, serialize, sha256
 from node.config import DataConfig, DistillConfig, FaultConfig, FederationConfig, TeacherConfig, config_digest
 from node.data import spec_of
 from node.distiller import distill_student
-from node.models import Ensemble, build_model
+from node.messages import MODELS, Identity, Measurements, MessageError, Task, blob_to_array
+from node.models import Ensemble, Teacher, build_model
+from node.strategy import registering_strategy
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ class RunLedger:
     distill: dict = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
-    def tx(self, what: str, receipt: dict, **extra) -> str:
+    def tx(self, what: str, receipt: Mapping[str, Any], **extra) -> str:
         tx_hash = receipt["transactionHash"].to_0x_hex()
         self.transactions.append(
             {"what": what, "tx": tx_hash, "block": receipt["blockNumber"], "gas": receipt["gasUsed"], **extra}
@@ -77,12 +81,14 @@ class RunLedger:
 
 @dataclass
 class Coordinator:
+    """The coordinator's state and its dealings with the chain and the store; `run` is a run's phases in order."""
+
     registry: Registry
     relayer: LocalAccount
     distiller: LocalAccount
     store: ArtifactStore
     run_id: bytes
-    config: dict  # the decisive configuration; its hash, with the variant run, goes on-chain
+    config: dict  # the decisive configuration; its hash, with what ran (as_run), goes on-chain
     seed: int
     num_nodes: int
     data: DataConfig
@@ -100,23 +106,190 @@ class Coordinator:
     config_document: dict | None = None
     error: BaseException | None = None
 
+    def run(self, grid: Grid) -> None:
+        """Every phase of a run, in order."""
+        for name, phase in (
+            ("identify", lambda: self.identify(grid)),
+            ("teachers", lambda: self.train_teachers(grid)),
+            ("distill", self.distill_student),
+            ("evaluate", lambda: self.evaluate(grid)),
+        ):
+            start = time.perf_counter()
+            phase()
+            self.ledger.phase_seconds[name] = time.perf_counter() - start
+
+    # -- phases ------------------------------------------------------------------------------
+    def identify(self, grid: Grid) -> None:
+        """Every node that answers says who it is; only DATA_NODE addresses take part."""
+        deadline = time.monotonic() + 120
+        node_ids = list(grid.get_node_ids())
+        while len(node_ids) < self.num_nodes and time.monotonic() < deadline:
+            time.sleep(0.5)
+            node_ids = list(grid.get_node_ids())
+        task = self.task()
+        replies = self._exchange(grid, MessageType.QUERY, {nid: task.put(RecordDict()) for nid in node_ids})
+        self.progress("identify", len(replies), len(node_ids))
+        for nid, reply in sorted(replies.items(), key=lambda kv: kv[0]):
+            if reply.has_error():
+                log.warning("node %s did not identify itself: %s", nid, reply.error.reason)
+                continue
+            try:
+                ident = Identity.read(reply.content, f"node {nid}")
+            except MessageError as exc:
+                log.warning("%s", exc)
+                continue
+            record = NodeRecord(
+                nid, ident.partition_id, ident.address, ident.num_train, ident.num_test, ident.label_histogram
+            )
+            if not self.registry.has_role("DATA_NODE", record.address):
+                record.error = "identify: address lacks the DATA_NODE role"
+            self.ledger.nodes.append(record)
+        self.ledger.nodes.sort(key=lambda r: r.partition_id)
+        if not self.active:
+            raise RunFailed("no data node with the DATA_NODE role answered")
+
+    def train_teachers(self, grid: Grid) -> None:
+        """One-shot: one round in which every node trains its own teacher; fedavg: the strategy's rounds.
+        Every file a node publishes is checked and registered by the strategy (node/strategy.py)."""
+        strategy = registering_strategy(self)
+        rounds = 1 if self.federation.mode == "one-shot" else self.federation.rounds
+        strategy.start(grid, ArrayRecord(self.initial_model().state_dict()), num_rounds=rounds)
+
+    def ensemble(self, teachers: Sequence[Teacher]) -> Ensemble:
+        """The teachers as one model: logits weighted per node (train size, or uniform), or per node and class
+        by the class histogram inside each verified teacher file: for each class, the nodes that saw it speak for it."""
+        mode = self.federation.ensemble_weights
+        if mode == "label-counts":
+            return Ensemble(teachers, [list(t.label_counts) for t in teachers])
+        if mode == "samples":
+            return Ensemble(teachers, [float(sum(t.label_counts)) for t in teachers])
+        return Ensemble(teachers)
+
+    def initial_model(self) -> torch.nn.Module:
+        """The common starting point every node's teacher trains from (the scenario's seed)."""
+        spec = self._spec()
+        torch.manual_seed(self.seed)
+        return build_model(self.teacher.model, spec.input_shape, spec.num_classes)
+
+    def distill_student(self) -> None:
+        if self.federation.mode == "fedavg":  # one global teacher, owned by the coordinator
+            sources = [self.ledger.aggregates["global"]]
+            loaded = [{"teacher": self.store.load(sources[0], self.expected, owner="the coordinator's aggregate")}]
+            teacher, shares = loaded[0]["teacher"], [1.0]
+        else:
+            nodes = [r for r in self.active if r.teacher_hash is not None]
+            if not nodes:
+                raise RunFailed("no teacher was registered: nothing to distil from")
+            for r in nodes:  # the chain, not the store, says what each artifact is and whose
+                for kind, model_hash in r.published.items():
+                    on_chain = self.registry.model(model_hash)
+                    if not on_chain.registered or on_chain.owner != r.address:
+                        raise RunFailed(f"{kind} 0x{model_hash.hex()} of node {r.address} is not registered to it")
+            loaded = [
+                {kind: self.store.load(h, self.expected, owner=f"node {r.address}") for kind, h in r.published.items()}
+                for r in nodes
+            ]
+            sources = [h for r in nodes for h in r.published.values()]
+            teacher = self.ensemble([m["teacher"] for m in loaded]) if len(loaded) > 1 else loaded[0]["teacher"]
+            shares = [float(r.num_train) for r in nodes]
+        blob, result, as_run = distill_student(
+            loaded,
+            teacher,
+            shares,
+            self.distill,
+            self._spec(),
+            seed=self.seed,
+            progress=lambda stage, done, total: self.progress(f"distill:{stage}", done, total),
+        )
+        # the configuration as it ran (variant, effective options, device, threads) is what the chain's hash covers
+        self.config_document = {**self.config, "as_run": as_run}
+        config_hash = config_digest(self.config_document)
+        student_hash = self.store.put(blob)
+        if not self.registry.model(student_hash).registered:
+            receipt = self.registry.commit_student(
+                student_hash,
+                self.run_id,
+                sources,
+                self.distill.method,
+                config_hash,
+                len(result.transfer),
+                self.uri,
+                self.distiller,
+            )
+            self.ledger.tx("StudentCommitted", receipt, model=student_hash.hex())
+        self.ledger.student_hash = student_hash
+        self.ledger.distill = {
+            "method": self.distill.method,
+            "variant": as_run["variant"],
+            "samples": len(result.transfer),
+            "synthesis_s": result.synthesis_s,
+            "training_s": result.training_s,
+            "cpu_s": result.cpu_s,
+            "losses": result.losses,
+            "student_steps": result.student_steps,
+            "class_counts": result.class_counts,
+            "device": str(next(result.student.parameters()).device),
+            "config_hash": "0x" + config_hash.hex(),
+        }
+        self.transfer = result.transfer
+
+    def evaluate(self, grid: Grid) -> None:
+        """Every node measures the student, its own teacher and the shared teachers, and signs each."""
+        student = self.ledger.student_hash
+        if student is None:
+            raise RunFailed("no student was committed: nothing to evaluate")
+        deadline = self.registry.deadline()
+        contents, sent = {}, {}
+        for r in self.active:
+            models = [student] + ([r.teacher_hash] if self.federation.mode == "one-shot" and r.teacher_hash else [])
+            models += list(self.ledger.aggregates.values())
+            attest = [h for h in models if self.registry.accuracy(h, r.address)[2] == 0]
+            task = sent[r.node_id] = self.task(nonce=self.registry.nonce(r.address), deadline=deadline, attest=attest)
+            files = ArrayRecord({h.hex(): blob_to_array(self.store.get(h)) for h in models})
+            contents[r.node_id] = task.put(RecordDict({MODELS: files}))
+        replies = self._exchange(grid, MessageType.EVALUATE, contents)
+        for done, record in enumerate(self.active, 1):
+            reply = replies.get(record.node_id)
+            if self.failed(record, reply, "evaluate") or reply is None:
+                continue
+            try:
+                result = Measurements.read(reply.content, f"node {record.address}")
+            except MessageError as exc:
+                record.error = f"evaluate: {exc}"
+                continue
+            measured = dict(zip(result.model_hashes, result.accuracy_bps))
+            record.accuracy_bps = {h.hex(): b for h, b in measured.items()}
+            task = sent[record.node_id]
+            for i, (model_hash, signature) in enumerate(zip(result.signed_hashes, result.signatures)):
+                att = Attestation(
+                    node=record.address,
+                    model_hash=model_hash,
+                    run_id=self.run_id,
+                    accuracy_bps=measured[model_hash],
+                    num_examples=result.num_examples,
+                    nonce=task.nonce + i,
+                    deadline=task.deadline,
+                )
+                receipt = self.registry.attest(att, signature, self.relayer)
+                self.ledger.tx("AccuracyAttested", receipt, node=record.address, model=model_hash.hex())
+            self.progress("evaluate", done, len(contents))
+
     # -- messages ----------------------------------------------------------------------------
-    def _task(self, **extra) -> ConfigRecord:
-        return ConfigRecord(
-            {
-                "seed": self.seed,
-                "data": self.data.model_dump_json(),
-                "teacher": self.teacher.model_dump_json(),
-                "distill": self.distill.model_dump_json(),
-                "faults": self.faults.model_dump_json(),
-                "keys-dir": str(self.keys_dir),
-                "run-id": self.run_id,
-                "uri": self.uri,
-                "seal-to": self.seal_to,
-                "chain-id": self.registry.domain().chain_id,
-                "contract": self.registry.address,
-                **extra,
-            }
+    def task(self, **extra) -> Task:
+        """The Task every message to a node carries (node/messages.py); `extra`: nonce, deadline, round, attest."""
+        return Task(
+            seed=self.seed,
+            data=self.data,
+            teacher=self.teacher,
+            distill=self.distill,
+            faults=self.faults,
+            keys_dir=str(self.keys_dir),
+            run_id=self.run_id,
+            uri=self.uri,
+            seal_to=self.seal_to,
+            chain_id=self.registry.domain().chain_id,
+            contract=self.registry.address,
+            **extra,
         )
 
     def _exchange(self, grid: Grid, kind: str, contents: dict[int, RecordDict]) -> dict[int, Message]:
@@ -128,9 +301,10 @@ class Coordinator:
             replies[reply.metadata.src_node_id] = reply
         return replies
 
-    def _failed(self, record: NodeRecord, reply: Message | None, phase: str) -> bool:
+    def failed(self, record: NodeRecord, reply: Message | None, phase: str) -> bool:
+        """Whether the node's reply is missing or an error; if so the node is marked failed and drops out."""
         if reply is None or reply.has_error():
-            reason = "no reply" if reply is None else reply.error.reason.strip().splitlines()[-1]
+            reason = "no reply" if reply is None else (reply.error.reason or "an error").strip().splitlines()[-1]
             record.error = f"{phase}: {reason}"
             log.warning("node %s failed in %s: %s", record.address, phase, reason)
             return True
@@ -140,10 +314,23 @@ class Coordinator:
     def active(self) -> list[NodeRecord]:
         return [r for r in self.ledger.nodes if r.error is None]
 
+    # -- models and the chain ----------------------------------------------------------------
     def _spec(self):
         return spec_of(self.data.dataset)
 
-    def _canonical(self, state: dict, label_counts: list[int] | None = None) -> tuple[bytes, bytes]:
+    @property
+    def expected(self) -> Expected:
+        """What every file the coordinator loads must be: the teacher architecture (or an ensemble of it)."""
+        spec = self._spec()
+        return Expected((self.teacher.model,), spec.input_shape, spec.num_classes, max_members=self.num_nodes)
+
+    def model_of(self, arrays: ArrayRecord) -> torch.nn.Module:
+        """A teacher-architecture model holding `arrays`."""
+        model = self.initial_model()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return model
+
+    def canonical(self, state: dict, label_counts: list[int] | None = None) -> tuple[bytes, bytes]:
         """The canonical file of a teacher-architecture state dict (a teacher's with the class histogram its
         node reported), and its hash: it only matches what the node signed if the node reported truly."""
         spec = self._spec()
@@ -152,98 +339,10 @@ class Coordinator:
         blob = serialize(model, self.teacher.model, spec.input_shape, spec.num_classes, label_counts=label_counts)
         return blob, sha256(blob)
 
-    # -- phases ------------------------------------------------------------------------------
-    def identify(self, grid: Grid) -> None:
-        deadline = time.monotonic() + 120
-        node_ids = list(grid.get_node_ids())
-        while len(node_ids) < self.num_nodes and time.monotonic() < deadline:
-            time.sleep(0.5)
-            node_ids = list(grid.get_node_ids())
-        replies = self._exchange(grid, MessageType.QUERY, {nid: RecordDict({"task": self._task()}) for nid in node_ids})
-        self.progress("identify", len(replies), len(node_ids))
-        for nid, reply in sorted(replies.items(), key=lambda kv: kv[0]):
-            if reply.has_error():
-                log.warning("node %s did not identify itself: %s", nid, reply.error.reason)
-                continue
-            ident, metrics = reply.content["identity"], reply.content["metrics"]
-            record = NodeRecord(
-                nid,
-                int(ident["partition-id"]),
-                str(ident["address"]),
-                int(metrics["num-train"]),
-                int(metrics["num-test"]),
-                list(metrics["label-histogram"]),
-            )
-            if not self.registry.has_role("DATA_NODE", record.address):
-                record.error = "identify: address lacks the DATA_NODE role"
-            self.ledger.nodes.append(record)
-        self.ledger.nodes.sort(key=lambda r: r.partition_id)
-        if not self.active:
-            raise RunFailed("no data node with the DATA_NODE role answered")
-
-    def train_round(
-        self, grid: Grid, round_: int, global_arrays: ArrayRecord | None
-    ) -> list[tuple[NodeRecord, Message]]:
-        """One training round: every node trains, signs; each file is rebuilt, hash-checked and registered."""
-        deadline = self.registry.deadline()
-        contents = {}
-        for r in self.active:
-            content = RecordDict(
-                {"task": self._task(nonce=self.registry.nonce(r.address), deadline=deadline, round=round_)}
-            )
-            if global_arrays is not None:
-                content["arrays"] = global_arrays
-            contents[r.node_id] = content
-        replies = self._exchange(grid, MessageType.TRAIN, contents)
-        accepted = []
-        phase = "teachers" if round_ == 0 else f"round {round_}"
-        for done, record in enumerate(self.active, 1):
-            reply = replies.get(record.node_id)
-            if self._failed(record, reply, "train"):
-                continue
-            signed, task = reply.content["publication"], contents[record.node_id]["task"]
-            try:  # the teacher first, then what the method asked of nodes (GenKD's EBM), nonces in order
-                for i, (kind, model_hash, signature) in enumerate(
-                    zip(signed["kinds"], signed["model-hashes"], signed["signatures"])
-                ):
-                    arrays = reply.content["arrays" if kind == "teacher" else kind]
-                    if "sealed" in arrays:  # only the distiller can check it: after decrypting, before loading
-                        actual = bytes(model_hash)
-                        self.store.put_sealed(actual, array_to_blob(arrays["sealed"]))
-                    else:
-                        counts = record.label_histogram if kind == "teacher" else None
-                        blob, actual = self._canonical(arrays.to_torch_state_dict(), counts)
-                        if actual != bytes(model_hash):
-                            raise ArtifactError(
-                                f"{kind} file hashes to 0x{actual.hex()}, the node signed 0x{bytes(model_hash).hex()}"
-                            )
-                        self.store.put(blob)
-                    publication = Publication(
-                        node=record.address,
-                        model_hash=actual,
-                        kind=KIND_BY_NAME[kind],
-                        round=round_,
-                        run_id=self.run_id,
-                        uri=self.uri,
-                        nonce=int(task["nonce"]) + i,
-                        deadline=int(task["deadline"]),
-                    )
-                    self._register(record, kind, publication, bytes(signature))
-            except (RegistryError, ArtifactError) as exc:  # this node's publication is refused; the others go on
-                record.error = f"register: {exc}"
-                continue
-            accepted.append((record, reply))
-            self.progress(phase, done, len(contents))
-        if len(accepted) < self.federation.min_nodes:
-            raise RunFailed(
-                f"only {len(accepted)} of {len(contents)} nodes completed training in {phase}; "
-                f"federation.min_nodes is {self.federation.min_nodes}"
-            )
-        return accepted
-
-    def _register(self, record: NodeRecord, kind: str, publication: Publication, signature: bytes) -> None:
+    def register_publication(self, record: NodeRecord, kind: str, publication: Publication, signature: bytes) -> None:
+        """Relay a node's signed publication to ModelRegistry (a rerun on a persistent chain finds it there)."""
         existing = self.registry.model(publication.model_hash)
-        if existing.registered and existing.owner == record.address:  # a rerun on a persistent chain
+        if existing.registered and existing.owner == record.address:
             log.info(
                 "%s 0x%s of %s is already on-chain (block %d)",
                 kind,
@@ -263,9 +362,10 @@ class Coordinator:
             )
         record.published[kind] = publication.model_hash
 
-    def _register_aggregate(
+    def register_aggregate(
         self, name: str, model: torch.nn.Module, round_: int, sources: list[bytes], method: str, examples: int
     ) -> bytes:
+        """Store and register a model the coordinator built from registered ones (an ensemble, an average)."""
         spec = self._spec()
         blob = serialize(model, self.teacher.model, spec.input_shape, spec.num_classes)
         model_hash = self.store.put(blob)
@@ -276,175 +376,6 @@ class Coordinator:
             self.ledger.tx("AggregateRegistered", receipt, model=model_hash.hex(), kind=name, round=round_)
         self.ledger.aggregates[name] = model_hash
         return model_hash
-
-    def ensemble(self, teachers: list[torch.nn.Module]) -> Ensemble:
-        """The teachers as one model: logits weighted per node (train size, or uniform), or per node and class
-        by the class histogram inside each verified teacher file: for each class, the nodes that saw it speak for it."""
-        mode = self.federation.ensemble_weights
-        if mode == "label-counts":
-            return Ensemble(teachers, [list(t.label_counts) for t in teachers])
-        if mode == "samples":
-            return Ensemble(teachers, [float(sum(t.label_counts)) for t in teachers])
-        return Ensemble(teachers)
-
-    def initial_model(self) -> torch.nn.Module:
-        """The common starting point every node's teacher trains from (the scenario's seed)."""
-        spec = self._spec()
-        torch.manual_seed(self.seed)
-        return build_model(self.teacher.model, spec.input_shape, spec.num_classes)
-
-    def teachers_one_shot(self, grid: Grid) -> None:
-        # One round of FedAvg, as DENSE's baseline: every node starts from the same weights, so that
-        # averaging them once is meaningful (averaging independently initialised networks is not).
-        accepted = self.train_round(grid, 0, ArrayRecord(self.initial_model().state_dict()))
-        teachers = [self.store.load(r.teacher_hash, owner=f"node {r.address}") for r, _ in accepted]
-        counts = [float(r.num_train) for r, _ in accepted]
-        hashes, examples = [r.teacher_hash for r, _ in accepted], int(sum(counts))
-        evaluate_ensemble = self.federation.evaluate_ensemble
-        if evaluate_ensemble if evaluate_ensemble is not None else len(accepted) <= 10:
-            self._register_aggregate("ensemble", self.ensemble(teachers), 0, hashes, "ensemble", examples)
-        if self.federation.evaluate_fedavg_once and len(teachers) > 1:
-            spec = self._spec()
-            averaged = build_model(self.teacher.model, spec.input_shape, spec.num_classes)
-            averaged.load_state_dict(average_weights(teachers, counts))
-            self._register_aggregate("fedavg-once", averaged, 0, hashes, "FedAvg (one-shot)", examples)
-
-    def teachers_fedavg(self, grid: Grid) -> None:
-        from flwr.serverapp import strategy as strategies
-
-        cls = getattr(strategies, self.federation.strategy, None)
-        if cls is None:
-            raise ConfigError(f"federation.strategy: flwr.serverapp.strategy has no {self.federation.strategy!r}")
-        strategy = cls(
-            fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1
-        )
-        global_model = self.initial_model()
-        arrays = ArrayRecord(global_model.state_dict())
-        if hasattr(strategy, "current_arrays"):  # adaptive strategies (FedAdam, FedYogi, ...) keep the server model
-            strategy.current_arrays = {k: a.numpy() for k, a in arrays.items()}
-        for round_ in range(1, self.federation.rounds + 1):
-            accepted = self.train_round(grid, round_, arrays)
-            arrays, _ = strategy.aggregate_train(round_, [reply for _, reply in accepted])
-            global_model.load_state_dict(arrays.to_torch_state_dict())
-            self._register_aggregate(
-                "global",
-                global_model,
-                round_,
-                [r.teacher_hash for r, _ in accepted],
-                self.federation.strategy,
-                sum(r.num_train for r, _ in accepted),
-            )
-
-    def distill_student(self) -> None:
-        if self.federation.mode == "fedavg":  # one global teacher, owned by the coordinator
-            sources = [self.ledger.aggregates["global"]]
-            loaded = [{"teacher": self.store.load(sources[0], owner="the coordinator's aggregate")}]
-            teacher, shares = loaded[0]["teacher"], [1.0]
-        else:
-            nodes = [r for r in self.active if r.teacher_hash is not None]
-            if not nodes:
-                raise RunFailed("no teacher was registered: nothing to distil from")
-            for r in nodes:  # the chain, not the store, says what each artifact is and whose
-                for kind, model_hash in r.published.items():
-                    on_chain = self.registry.model(model_hash)
-                    if not on_chain.registered or on_chain.owner != r.address:
-                        raise RunFailed(f"{kind} 0x{model_hash.hex()} of node {r.address} is not registered to it")
-            loaded = [
-                {kind: self.store.load(h, owner=f"node {r.address}") for kind, h in r.published.items()} for r in nodes
-            ]
-            sources = [h for r in nodes for h in r.published.values()]
-            teacher = self.ensemble([m["teacher"] for m in loaded]) if len(loaded) > 1 else loaded[0]["teacher"]
-            shares = [float(r.num_train) for r in nodes]
-        blob, result, variant = distill_student(
-            loaded,
-            teacher,
-            shares,
-            self.distill,
-            self._spec(),
-            seed=self.seed,
-            progress=lambda stage, done, total: self.progress(f"distill:{stage}", done, total),
-        )
-        # the configuration as run, facts included (which variant ran), is what the chain's hash covers
-        self.config_document = {**self.config, "variant": variant}
-        config_hash = config_digest(self.config_document)
-        student_hash = self.store.put(blob)
-        if not self.registry.model(student_hash).registered:
-            receipt = self.registry.commit_student(
-                student_hash,
-                self.run_id,
-                sources,
-                self.distill.method,
-                config_hash,
-                len(result.transfer),
-                self.uri,
-                self.distiller,
-            )
-            self.ledger.tx("StudentCommitted", receipt, model=student_hash.hex())
-        self.ledger.student_hash = student_hash
-        self.ledger.distill = {
-            "method": self.distill.method,
-            "variant": variant,
-            "samples": len(result.transfer),
-            "synthesis_s": result.synthesis_s,
-            "training_s": result.training_s,
-            "cpu_s": result.cpu_s,
-            "losses": result.losses,
-            "student_steps": result.student_steps,
-            "class_counts": result.class_counts,
-            "device": str(next(result.student.parameters()).device),
-            "config_hash": "0x" + config_hash.hex(),
-        }
-        self.transfer = result.transfer
-
-    def evaluate(self, grid: Grid) -> None:
-        """Every node measures the student, its own teacher and the shared teachers, and signs each."""
-        student = self.ledger.student_hash
-        deadline = self.registry.deadline()
-        contents = {}
-        for r in self.active:
-            models = [student] + ([r.teacher_hash] if self.federation.mode == "one-shot" and r.teacher_hash else [])
-            models += list(self.ledger.aggregates.values())
-            attest = [h for h in models if self.registry.accuracy(h, r.address)[2] == 0]
-            contents[r.node_id] = RecordDict(
-                {
-                    "task": self._task(nonce=self.registry.nonce(r.address), deadline=deadline, attest=attest),
-                    "models": ArrayRecord({h.hex(): blob_to_array(self.store.get(h)) for h in models}),
-                }
-            )
-        replies = self._exchange(grid, MessageType.EVALUATE, contents)
-        for done, record in enumerate(self.active, 1):
-            reply = replies.get(record.node_id)
-            if self._failed(record, reply, "evaluate"):
-                continue
-            result = reply.content["attestations"]
-            measured = dict(zip((bytes(h) for h in result["model-hashes"]), result["accuracy-bps"]))
-            record.accuracy_bps = {h.hex(): int(b) for h, b in measured.items()}
-            for i, (model_hash, signature) in enumerate(zip(result["signed-hashes"], result["signatures"])):
-                model_hash = bytes(model_hash)
-                att = Attestation(
-                    node=record.address,
-                    model_hash=model_hash,
-                    run_id=self.run_id,
-                    accuracy_bps=int(measured[model_hash]),
-                    num_examples=int(result["num-examples"]),
-                    nonce=int(result["nonce"]) + i,
-                    deadline=deadline,
-                )
-                receipt = self.registry.attest(att, bytes(signature), self.relayer)
-                self.ledger.tx("AccuracyAttested", receipt, node=record.address, model=model_hash.hex())
-            self.progress("evaluate", done, len(contents))
-
-    def run(self, grid: Grid) -> None:
-        teachers = self.teachers_fedavg if self.federation.mode == "fedavg" else self.teachers_one_shot
-        for name, phase in (
-            ("identify", lambda: self.identify(grid)),
-            ("teachers", lambda: teachers(grid)),
-            ("distill", self.distill_student),
-            ("evaluate", lambda: self.evaluate(grid)),
-        ):
-            start = time.perf_counter()
-            phase()
-            self.ledger.phase_seconds[name] = time.perf_counter() - start
 
 
 def make_server_app(coordinator: Coordinator) -> ServerApp:

@@ -14,7 +14,7 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +23,7 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from node.artifacts import ArtifactStore, serialize
+from node.artifacts import ArtifactStore, Expected, serialize
 from node.config import DataConfig
 from node.data import Split, load_dataset, spec_of
 from node.dfkd import (
@@ -130,10 +130,12 @@ def cached_teacher(
         ).encode()
     ).hexdigest()[:16]
     index, store = cache / f"teacher-{key}.json", ArtifactStore(cache / "store")
-    spec_shape, classes = tuple(train.x.shape[1:]), int(train.y.max()) + 1
+    c, h, w = train.x.shape[1:]
+    spec_shape, classes = (int(c), int(h), int(w)), int(train.y.max()) + 1
     if index.exists():
         model_hash = bytes.fromhex(json.loads(index.read_text())["sha256"])
-        return store.load(model_hash, owner=f"the benchmark cache {cache}").to(device)
+        expected = Expected((name,), spec_shape, classes)
+        return store.load(model_hash, expected, owner=f"the benchmark cache {cache}").to(device)
     torch.manual_seed(seed)
     model = build_model(name, spec_shape, classes)
     progress("teacher", 0, epochs)
@@ -185,7 +187,7 @@ def bench_dfkd(
     device: str,
     cache: Path,
     evaluate_on: str = "test",
-    checkpoints: list[float] = (),
+    checkpoints: Sequence[float] = (),
     samples_dir: Path | None = None,
     progress: Callable[[str, int, int], None] = lambda *a: None,
     on_row: Callable[[dict], None] = lambda result: None,

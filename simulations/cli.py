@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 app = typer.Typer(
@@ -34,14 +34,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def one_line_errors(fn):
+    """Exit codes scripts can use: 2 for bad input (an argument, a scenario, a file that cannot be read),
+    1 for everything else that failed (a run, the chain, a file that is not what it should be)."""
+
     @wraps(fn)
     def wrapper(*args, **kwargs):
+        from chain.errors import ConfigError, DataError
+
         try:
             return fn(*args, **kwargs)
         except _user_errors() as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, _user_errors()) else exc
             err_console.print(f"[bold red]error:[/] {cause}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(2 if isinstance(cause, (ConfigError, DataError)) else 1) from None
 
     return wrapper
 
@@ -77,7 +82,7 @@ def run(
     _quiet_logs(verbose)
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=as_json, disable=as_json) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(phase: str, done: int, total: int) -> None:
             if phase not in tasks:
@@ -91,12 +96,9 @@ def run(
     rows = node_rows(result)
     cols = accuracy_columns(rows)
     table = Table(title=f"{spec.name}: {spec.distill.method} student from {len(rows)} data nodes (accuracy %)")
-    for col, justify in (
-        [("node", "left"), ("train", "right"), ("test", "right")]
-        + [(t, "right") for _, t in cols]
-        + [("teacher tx", "left"), ("attest tx", "left")]
-    ):
-        table.add_column(col, justify=justify)
+    right = ["train", "test"] + [t for _, t in cols]
+    for col in ["node", *right, "teacher tx", "attest tx"]:
+        table.add_column(col, justify="right" if col in right else "left")
 
     def pct(x):
         return "-" if x is None else f"{100 * x:.2f}"
@@ -115,7 +117,7 @@ def run(
     console.print(table)
     chain = result.chain
     console.print(
-        f"student 0x{result.ledger.student_hash.hex()}  on {chain['backend']} (chain {chain['chain_id']}) "
+        f"student 0x{(result.ledger.student_hash or b'').hex()}  on {chain['backend']} (chain {chain['chain_id']}) "
         f"at {chain['contract']}",
         highlight=False,
     )
@@ -133,7 +135,7 @@ def _events_from(run_dir: Optional[Path], rpc: Optional[str], address: Optional[
     since a student may name teachers of earlier runs); an embedded run from its export.
     """
     from chain.backends import connect
-    from chain.errors import RunFailed
+    from chain.errors import ConfigError
     from chain.events import fetch_events, read_export
     from simulations.runner import load_chain_info
 
@@ -145,14 +147,17 @@ def _events_from(run_dir: Optional[Path], rpc: Optional[str], address: Optional[
             return fetch_events(w3, info["contract"], *span), info
         export = Path(run_dir) / "events.json"
         if not export.exists():
-            raise RunFailed(f"--run {run_dir}: no events.json export there")
+            raise ConfigError(f"--run {run_dir}: no events.json export there")
         return read_export(export), info
     if rpc and address:
+        from chain.registry import Registry, checksummed
+
+        contract = checksummed(address, "--address")
         w3 = connect(rpc)
-        if not w3.eth.get_code(address):
-            raise RunFailed(f"--address {address}: no contract there on {rpc}")
-        return fetch_events(w3, address), {"contract": address, "chain_id": w3.eth.chain_id, "rpc_url": rpc}
-    raise RunFailed("say where to read: --run DIR, or --rpc URL --address ADDR")
+        if not Registry(w3, contract).is_model_registry():
+            raise ConfigError(f"--address {address}: no kdledger ModelRegistry there on {rpc}")
+        return fetch_events(w3, contract), {"contract": contract, "chain_id": w3.eth.chain_id, "rpc_url": rpc}
+    raise ConfigError("say where to read: --run DIR, or --rpc URL --address ADDR")
 
 
 RUN_OPT = typer.Option(None, "--run", help="a run directory written by `kdledger run`")
@@ -263,7 +268,10 @@ def verify(
     address: Optional[str] = ADDRESS_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Hash each file and say whether it is registered: as what, by whom, in which block. Exit 1 if not."""
+    """Hash each file and say whether it is registered: as what, by whom, in which block.
+
+    Exit 0: every file is registered; 1: one is not (or was changed); 2: bad input (a file that cannot
+    be read, a bad argument)."""
     import hashlib
 
     from chain import provenance
@@ -274,9 +282,9 @@ def verify(
         try:
             digest = "0x" + hashlib.sha256(Path(f).read_bytes()).hexdigest()
         except OSError as exc:
-            from chain.errors import RunFailed
+            from chain.errors import ConfigError
 
-            raise RunFailed(f"{f}: cannot read: {exc.strerror}") from None
+            raise ConfigError(f"{f}: cannot read: {exc.strerror}") from None
         reg = provenance.find(found, digest)
         results.append(
             {
@@ -332,14 +340,15 @@ def devnet(
     signals.signal(signals.SIGINT, on_signal)
     signals.signal(signals.SIGTERM, on_signal)
     try:
-        while not stop and net.process.poll() is None:
+        while not stop and net.process is not None and net.process.poll() is None:
             time.sleep(0.2)
+        code = net.process.returncode if net.process is not None else None
     finally:
         net.stop()
     if not stop:
         from chain.devnet import DevnetError
 
-        raise DevnetError(f"anvil exited on its own (code {net.process.returncode})")
+        raise DevnetError(f"anvil exited on its own (code {code})")
     console.print(f"devnet stopped; state written to {state}", highlight=False)
 
 
@@ -429,14 +438,14 @@ def bench_dfkd_command(
     if evaluate_on not in ("test", "validation"):
         raise typer.BadParameter("--evaluate-on: test or validation")
     if (out / "bench.json").exists():
-        from chain.errors import RunFailed
+        from chain.errors import ConfigError
 
-        raise RunFailed(f"--out {out}: holds an earlier bench.json (nothing is overwritten; pick another --out)")
+        raise ConfigError(f"--out {out}: holds an earlier bench.json (nothing is overwritten; pick another --out)")
     numbers = lambda text: [float(m) for m in text.split(",") if m.strip()]  # noqa: E731
     _quiet_logs(False)
     columns = (TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
@@ -460,7 +469,7 @@ def bench_dfkd_command(
                 loop=loop,
                 teacher_epochs=teacher_epochs,
                 seeds=[int(x) for x in numbers(seeds)] or [0],
-                minutes=numbers(minutes) or [None],
+                minutes=list[float | None](numbers(minutes)) or [None],
                 device=device,
                 cache=cache,
                 evaluate_on=evaluate_on,
@@ -489,9 +498,9 @@ def bench_scale_command(
     _quiet_logs(False)
     counts = [int(n) for n in nodes.split(",") if n.strip()]
     if out.exists() and any(out.iterdir()):
-        from chain.errors import RunFailed
+        from chain.errors import ConfigError
 
-        raise RunFailed(f"--out {out}: directory exists and is not empty (nothing is overwritten)")
+        raise ConfigError(f"--out {out}: directory exists and is not empty (nothing is overwritten)")
     out.mkdir(parents=True, exist_ok=True)
     result = bench_scale(scenario, counts, out, rpc_url=rpc)
     _write_table(out / "scale", result, _bench_command_line("scale"), scale_markdown)
@@ -505,4 +514,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -44,6 +44,6 @@ def main(grid: Grid, context: Context) -> None:
     log.info(
         "kdledger run %s: student 0x%s, run directory %s",
         scenario.name,
-        result.ledger.student_hash.hex(),
+        (result.ledger.student_hash or b"").hex(),
         result.out_dir,
     )

@@ -120,6 +120,15 @@ def render_report(result, rows, metrics, plots=()) -> str:
         "Accuracies (%) are each node's own measurement on its private test split, signed by the node and "
         "attested on-chain.",
         "",
+        *(
+            [
+                "**Warning:** every party's key on this JSON-RPC chain was derived from the scenario's seed "
+                "(`chain.dev_keys`): anyone who reads the scenario can sign as any node, the relayer or the admin.",
+                "",
+            ]
+            if chain.get("rpc_url") and chain.get("keys") == "seed-derived"
+            else []
+        ),
         "| node | train | test | "
         + " | ".join(t for _, t in cols)
         + " | label histogram | teacher tx | student attestation tx |",
@@ -164,7 +173,7 @@ def compare_runs(run_dirs: list) -> str:
     Reads only what each run wrote (metrics.json, config.json); the accuracies are the ones the nodes
     attested on-chain, weighted by the size of each node's test split.
     """
-    from chain.errors import RunFailed
+    from chain.errors import ConfigError
     from node.dfkd import METHODS
 
     rows = []
@@ -173,7 +182,7 @@ def compare_runs(run_dirs: list) -> str:
             metrics = json.loads((run_dir / "metrics.json").read_text())
             config = json.loads((run_dir / "config.json").read_text())
         except (OSError, ValueError):
-            raise RunFailed(
+            raise ConfigError(
                 f"{run_dir}: no readable metrics.json and config.json (not a kdledger run directory)"
             ) from None
         data, mean = config["data"], metrics["weighted_mean"]

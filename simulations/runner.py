@@ -10,12 +10,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from web3 import Web3
 
 from chain.backends import connect, is_embedded
-from chain.errors import RunFailed
+from chain.errors import ConfigError, RunFailed
 from chain.events import fetch_events, write_export
-from chain.identity import derive_account, run_id_of, save_key
-from chain.registry import Registry, fund
+from chain.identity import derive_account, load_key, run_id_of, save_key
+from chain.registry import Registry, checksummed, fund
+from chain.safejson import bounded_json
 from node.artifacts import ArtifactStore, new_seal_key, public_bytes, save_seal_key
 from node.server_app import Coordinator, RunLedger
 from simulations.report import write_run_dir
@@ -47,7 +52,7 @@ def choose_run_dir(out: Path | None, name: str, runs_root: Path = Path("runs")) 
     if out is not None:
         out = Path(out)
         if out.exists() and any(out.iterdir()):
-            raise RunFailed(f"--out {out}: directory exists and is not empty (nothing is overwritten)")
+            raise ConfigError(f"--out {out}: directory exists and is not empty (nothing is overwritten)")
         return out
     candidate, n = runs_root / name, 1
     while candidate.exists() and any(candidate.iterdir()):
@@ -56,18 +61,36 @@ def choose_run_dir(out: Path | None, name: str, runs_root: Path = Path("runs")) 
     return candidate
 
 
-def provision(scenario: Scenario, w3, out_dir: Path, setup_txs: list[dict]):
-    """Parties and roles: node keys (0600 files), the coordinator's accounts, the registry."""
-    seed = scenario.seed
-    admin, relayer, distiller = (derive_account(seed, label) for label in ("admin", "relayer", "distiller"))
-    nodes = [derive_account(seed, f"node-{i}") for i in range(scenario.nodes)]
-    for i, account in enumerate(nodes):
-        save_key(account, out_dir / "keys" / f"node-{i}.json")
+def dev_keys(scenario: Scenario, w3: Web3) -> bool:
+    """Whether every party's key is derived from the seed: always on the embedded chain (byte-reproducible
+    runs, nothing of value), on a JSON-RPC chain only when the scenario says so."""
+    return is_embedded(w3) or scenario.chain.dev_keys
+
+
+def provision(scenario: Scenario, w3: Web3, out_dir: Path, setup_txs: list[dict]):
+    """Parties and roles: every party's key (a 0600 file in keys/), the registry, its roles.
+
+    On a JSON-RPC chain every key is fresh and random unless `chain.dev_keys`: a seed-derived key is
+    anyone's who reads the scenario. With an existing registry its admin's key comes from `chain.admin_key`."""
+    derived = dev_keys(scenario, w3)
+    labels = ["admin", "relayer", "distiller"] + [f"node-{i}" for i in range(scenario.nodes)]
+    accounts = {label: derive_account(scenario.seed, label) if derived else Account.create() for label in labels}
+    if scenario.chain.registry and not derived:
+        if scenario.chain.admin_key is None:
+            raise ConfigError("chain.registry: name the registry admin's key file in chain.admin_key (or dev_keys)")
+        accounts["admin"] = load_key(scenario.chain.admin_key)
+    for label, account in accounts.items():
+        if label != "admin" or not scenario.chain.registry:
+            save_key(account, out_dir / "keys" / f"{label}.json")
+    admin, relayer, distiller = accounts["admin"], accounts["relayer"], accounts["distiller"]
+    nodes = [accounts[f"node-{i}"] for i in range(scenario.nodes)]
     fund(w3, [admin.address, relayer.address, distiller.address])
     if scenario.chain.registry:
-        registry = Registry(w3, scenario.chain.registry)
-        if not w3.eth.get_code(registry.address):
-            raise RunFailed(f"chain.registry: no contract at {registry.address} on {scenario.chain.rpc_url}")
+        registry = Registry(w3, checksummed(scenario.chain.registry, "chain.registry"))
+        if not registry.is_model_registry():
+            raise ConfigError(
+                f"chain.registry: no kdledger ModelRegistry at {registry.address} on {scenario.chain.rpc_url}"
+            )
     else:
         registry, tx = Registry.deploy(w3, admin)
         setup_txs.append({"what": "deploy ModelRegistry", "tx": tx})
@@ -86,11 +109,12 @@ class PreparedRun:
 
     scenario: Scenario
     out_dir: Path
-    w3: object
+    w3: Web3
     first_block: int
     setup_txs: list[dict]
     coordinator: Coordinator
     started: float
+    started_at: str  # UTC, ISO 8601: with the scenario's name, the first half of the run id
 
 
 def prepare_run(scenario: Scenario, out: Path | None = None, *, progress=None, audit=None) -> PreparedRun:
@@ -101,7 +125,8 @@ def prepare_run(scenario: Scenario, out: Path | None = None, *, progress=None, a
     first_block = w3.eth.block_number + 1
     setup_txs: list[dict] = []
     registry, _, relayer, distiller = provision(scenario, w3, out_dir, setup_txs)
-    run_id = run_id_of(f"{scenario.name}@{datetime.now(timezone.utc).isoformat()}", scenario.config_hash())
+    started_at = datetime.now(timezone.utc).isoformat()
+    run_id = run_id_of(f"{scenario.name}@{started_at}", scenario.config_hash())
     seal_key = None
     if scenario.federation.seal_artifacts:  # the distiller's decryption key, kept like the nodes' keys (0600)
         seal_key = new_seal_key()
@@ -125,7 +150,7 @@ def prepare_run(scenario: Scenario, out: Path | None = None, *, progress=None, a
         audit=audit,
         progress=progress or (lambda phase, done, total: None),
     )
-    return PreparedRun(scenario, out_dir, w3, first_block, setup_txs, coordinator, started)
+    return PreparedRun(scenario, out_dir, w3, first_block, setup_txs, coordinator, started, started_at)
 
 
 def finish_run(run: PreparedRun) -> RunResult:
@@ -139,6 +164,7 @@ def finish_run(run: PreparedRun) -> RunResult:
     chain = {
         "backend": "embedded py-evm (eth-tester)" if is_embedded(w3) else scenario.chain.rpc_url,
         "rpc_url": scenario.chain.rpc_url,
+        "keys": "seed-derived" if dev_keys(scenario, w3) else "random",
         "chain_id": w3.eth.chain_id,
         "contract": registry.address,
         "run_id": "0x" + coordinator.run_id.hex(),
@@ -151,6 +177,12 @@ def finish_run(run: PreparedRun) -> RunResult:
     write_export(events, run.out_dir / "events.json")
     (run.out_dir / "config.json").write_text(  # exactly the bytes whose SHA-256 is the on-chain configHash
         json.dumps(coordinator.config_document, sort_keys=True, separators=(",", ":"))
+    )
+    (run.out_dir / "run.json").write_text(  # the run id's inputs (docs/contracts.md, "Run id and config hash")
+        json.dumps(
+            {"run_id": "0x" + coordinator.run_id.hex(), "name": scenario.name, "started_at": run.started_at}, indent=1
+        )
+        + "\n"
     )
     write_run_dir(result, transfer=coordinator.transfer)
     return result
@@ -173,7 +205,7 @@ def run_scenario(
     run = prepare_run(scenario, out, progress=progress, audit=audit)
     os.environ.update(QUIET_ENV)
     os.environ["FLWR_HOME"] = str((run.out_dir / ".flwr").resolve())
-    backend_config = {
+    backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": scenario.simulation.cpus_per_node, "num_gpus": 0.0},
         "init_args": {
             "include_dashboard": False,
@@ -202,5 +234,11 @@ def run_scenario(
 def load_chain_info(run_dir: Path) -> dict:
     path = Path(run_dir) / "chain.json"
     if not path.exists():
-        raise RunFailed(f"--run {run_dir}: no chain.json there (is it a kdledger run directory?)")
-    return json.loads(path.read_text())
+        raise ConfigError(f"--run {run_dir}: no chain.json there (is it a kdledger run directory?)")
+    try:
+        info = bounded_json(path.read_bytes(), "chain.json")
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not a readable chain.json ({type(exc).__name__})") from None
+    if not isinstance(info, dict) or not {"contract", "chain_id"} <= info.keys():
+        raise ConfigError(f"{path}: not a kdledger chain.json (no contract and chain_id)")
+    return info

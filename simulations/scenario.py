@@ -34,6 +34,15 @@ class ScenarioError(ConfigError):
 class ChainConfig(Strict):
     rpc_url: str | None = Field(None, description="JSON-RPC endpoint; empty runs the embedded py-evm chain")
     registry: str | None = Field(None, description="address of an existing ModelRegistry to reuse (rpc_url only)")
+    admin_key: Path | None = Field(
+        None, description="key file of the existing registry's admin (with `registry`, unless dev_keys)"
+    )
+    dev_keys: bool = Field(
+        False,
+        description="on a JSON-RPC chain, derive every party's key from the seed (reproducible, and anyone who "
+        "reads the scenario can sign as any party: a warning goes in the report); the embedded chain always "
+        "does, elsewhere every party gets a fresh random key",
+    )
 
 
 class SimulationConfig(Strict):
@@ -42,7 +51,7 @@ class SimulationConfig(Strict):
 
 
 class Scenario(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="names the run directory")
     seed: int = 0
     nodes: int = Field(4, ge=1, le=1000)
     data: DataConfig = DataConfig()

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load as st_load
 
 import node.artifacts as artifacts
-from node.artifacts import ArtifactStore, TamperedArtifact, deserialize, serialize, sha256
+from node.artifacts import ArtifactStore, Expected, TamperedArtifact, deserialize, serialize, sha256
 from node.models import build_model
 
 HASH_IN_CHILD = (
@@ -16,6 +16,9 @@ HASH_IN_CHILD = (
     "from node.artifacts import serialize, sha256; m = build_model('digits-cnn', (1, 8, 8), 10); "
     "print(sha256(serialize(m, 'digits-cnn', (1, 8, 8), 10)).hex())"
 )
+
+
+DIGITS = Expected(("digits-cnn",), (1, 8, 8), 10)
 
 
 def model_and_blob(seed=3):
@@ -38,7 +41,7 @@ def test_file_is_standard_safetensors_and_round_trips():
     model, blob = model_and_blob()
     tensors = st_load(blob)  # the reference reader accepts our writer's output
     assert set(tensors) == set(model.state_dict())
-    again = deserialize(blob, sha256(blob))
+    again = deserialize(blob, sha256(blob), DIGITS)
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, again.state_dict()[name])
 
@@ -58,7 +61,7 @@ def test_tampered_bytes_are_refused_before_parsing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(artifacts, "st_load", must_not_parse)
     with pytest.raises(TamperedArtifact) as err:
-        store.load(model_hash, owner="node 0xABC")
+        store.load(model_hash, DIGITS, owner="node 0xABC")
     assert "node 0xABC" in str(err.value) and model_hash.hex() in str(err.value)
 
 

@@ -64,10 +64,10 @@ def test_tiny_bench_on_digits_writes_markdown_and_json(tmp_path):
     # a second run never overwrites the first one's table
     before = (tmp_path / "out" / "bench.json").read_bytes()
     again = kdledger("bench", "dfkd", "--dataset", "digits", "--methods", "noise", "--out", str(tmp_path / "out"))
-    assert again.returncode == 1 and "earlier bench.json" in again.stderr and "Traceback" not in again.stderr
+    assert again.returncode == 2 and "earlier bench.json" in again.stderr and "Traceback" not in again.stderr
     assert (tmp_path / "out" / "bench.json").read_bytes() == before
     bad = kdledger("bench", "dfkd", "--dataset", "digits", "--loop", "stepz=3", "--out", str(tmp_path / "bad"))
-    assert bad.returncode == 1 and "--loop stepz" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "--loop stepz" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_bench_keeps_each_row_as_it_finishes_and_a_budget_follows_the_clock(tmp_path):
@@ -114,9 +114,10 @@ def test_kd_is_refused_in_a_scenario(tmp_path):
     path = tmp_path / "kd.yaml"
     path.write_text("name: kd\ndistill:\n  method: kd\n")
     done = kdledger("run", str(path))
-    assert done.returncode == 1 and "benchmarks only" in done.stderr
+    assert done.returncode == 2 and "benchmarks only" in done.stderr
 
 
+@pytest.mark.slow  # a minute: two scales on two chains; `make test-all` runs it
 def test_bench_scale_times_each_node_count_and_the_chain_share(tmp_path):
     import yaml
     from conftest import ROOT
@@ -137,7 +138,7 @@ def test_bench_scale_times_each_node_count_and_the_chain_share(tmp_path):
     assert rows[1]["transactions"] > rows[0]["transactions"]  # every node registers and attests
     assert "| 3 |" in (tmp_path / "out" / "scale.md").read_text()
     again = kdledger("bench", "scale", "--scenario", str(scenario), "--nodes", "2", "--out", str(tmp_path / "out"))
-    assert again.returncode == 1 and "not empty" in again.stderr
+    assert again.returncode == 2 and "not empty" in again.stderr
     # the same bench against a devnet: every transaction goes to that chain
     from conftest import free_port
     from web3 import Web3

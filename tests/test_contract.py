@@ -5,8 +5,9 @@ import hashlib
 import pytest
 
 from chain.compiler import compile_registry, load_artifact, resolve_solc
+from chain.errors import ConfigError
 from chain.identity import KIND_TEACHER, Attestation, Publication, recover, sign
-from chain.registry import RegistryError
+from chain.registry import Registry, RegistryError, checksummed
 
 RUN = hashlib.sha256(b"run").digest()
 
@@ -57,6 +58,22 @@ def test_fresh_compile_reproduces_committed_artifact():
     fresh, committed = compile_registry(solc), load_artifact()
     assert fresh["abi"] == committed["abi"]
     assert fresh["bytecode"] == committed["bytecode"]
+
+
+def test_a_model_registry_is_told_from_other_addresses(deployed):
+    """ERC-5267's eip712Domain() with our name and version: an account without code, or a registry
+    address given in lower case, are told apart (both backends)."""
+    assert deployed.registry.is_model_registry()
+    assert Registry(deployed.w3, deployed.registry.address.lower()).is_model_registry()
+    assert not Registry(deployed.w3, deployed.outsider.address).is_model_registry()  # no code there
+
+
+def test_addresses_are_normalised_or_refused_by_name():
+    address = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    assert checksummed(address.lower(), "--address") == address
+    for bad in (address[:-1], "0x" + "zz" * 20, "", "5FbDB2315678afecb367f032d93F642f64180aa3" + "00"):
+        with pytest.raises(ConfigError, match="--address .*not an Ethereum address"):
+            checksummed(bad, "--address")
 
 
 def test_signed_publication_is_recorded_and_emitted(deployed):

@@ -44,6 +44,35 @@ def test_events_survive_a_restart_from_state(devnet_run):
     assert sum(e["event"] == "AccuracyAttested" for e in live) == 4 * NODES
 
 
+def test_events_by_address_in_any_case_and_only_from_a_model_registry(devnet_run):
+    net, run_dir = devnet_run
+    contract = json.loads((run_dir / "chain.json").read_text())["contract"]
+    done = kdledger("events", "--rpc", net.rpc_url, "--address", contract.lower(), "--json")
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) == len(json.loads((run_dir / "events.json").read_text()))
+    for address, message in (
+        (contract[:-2], "not an Ethereum address"),
+        ("0x" + "11" * 20, "no kdledger ModelRegistry there"),  # no code at all
+    ):
+        done = kdledger("events", "--rpc", net.rpc_url, "--address", address)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_keys_on_an_rpc_chain_are_not_derivable_from_the_scenario(devnet_run):
+    from chain.identity import derive_account, load_key
+
+    _, run_dir = devnet_run
+    chain = json.loads((run_dir / "chain.json").read_text())
+    assert chain["keys"] == "random" and "Warning" not in (run_dir / "report.md").read_text()
+    signers = {e["args"]["node"] for e in json.loads((run_dir / "events.json").read_text()) if "node" in e["args"]}
+    seed = yaml.safe_load((run_dir / "scenario.yaml").read_text())["seed"]
+    for i in range(NODES):
+        key = load_key(run_dir / "keys" / f"node-{i}.json")
+        assert key.address in signers and key.address != derive_account(seed, f"node-{i}").address
+    for party in ("admin", "relayer", "distiller"):
+        assert load_key(run_dir / "keys" / f"{party}.json").address != derive_account(seed, party).address
+
+
 def test_events_filters(devnet_run):
     _, run_dir = devnet_run
     found = json.loads(kdledger("events", "--run", str(run_dir), "--json", "--event", "StudentCommitted").stdout)
@@ -114,6 +143,9 @@ def test_lineage_and_verify_on_the_devnet(devnet_run):
     done = kdledger("verify", str(stranger), "--run", str(run_dir))
     assert done.returncode == 1 and "not registered" in done.stdout
     assert hashlib.sha256(b"\x00" * 64).hexdigest() in done.stdout
+    # exit codes scripts can tell apart: 1 not on the chain, 2 a file that cannot be read
+    done = kdledger("verify", str(run_dir / "absent.safetensors"), "--run", str(run_dir))
+    assert done.returncode == 2 and "cannot read" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_devnet_command_prints_the_url_and_stops_cleanly_on_ctrl_c(tmp_path):

@@ -8,9 +8,10 @@ import pytest
 import yaml
 from conftest import ROOT, kdledger
 
-from node.artifacts import ArtifactStore, TamperedArtifact
+from node.artifacts import ArtifactStore, Expected, TamperedArtifact
 
 NODES = 3
+TEACHER = Expected(("digits-cnn-bn",), (1, 8, 8), 10)  # the quickstart's teacher architecture
 
 
 def reduced_quickstart(tmp_path):
@@ -71,6 +72,18 @@ def test_events_record_every_teacher_the_student_and_each_attestation(runs):
     document = (run_dir / "config.json").read_bytes()
     assert "0x" + hashlib.sha256(document).hexdigest() == student["args"]["configHash"]
     assert json.loads(document)["distill"]["method"] == "fast"
+    # the run id is derivable from run.json and config.json (docs/contracts.md)
+    from eth_utils import keccak
+
+    run = json.loads((run_dir / "run.json").read_text())
+    asked = {k: v for k, v in json.loads(document).items() if k != "as_run"}
+    asked_hash = hashlib.sha256(json.dumps(asked, sort_keys=True, separators=(",", ":")).encode()).digest()
+    run_id = keccak(text=f"{run['name']}@{run['started_at']}")[:16] + asked_hash[:16]
+    assert "0x" + run_id.hex() == run["run_id"] == chain["run_id"] == student["args"]["runId"]
+    # ... and it says what ran, defaults filled in, not only what the scenario wrote
+    as_run = json.loads(document)["as_run"]
+    assert as_run["options"]["iterations"] == 10 and as_run["options"]["lr"] == 0.1  # lr: fast's default
+    assert (as_run["variant"], as_run["device"], as_run["threads"]) == ("bn-inversion", "cpu", 1)
 
 
 def test_onchain_accuracies_are_what_the_nodes_measured(runs):
@@ -105,7 +118,7 @@ def test_each_teacher_file_carries_its_nodes_class_histogram_under_the_signed_ha
     metrics = json.loads((run_dir / "metrics.json").read_text())
     store = ArtifactStore(run_dir / "store")
     for row in metrics["nodes"]:
-        teacher = store.load(bytes.fromhex(row["teacher_hash"]), owner=f"node {row['node']}")
+        teacher = store.load(bytes.fromhex(row["teacher_hash"]), TEACHER, owner=f"node {row['node']}")
         assert teacher.label_counts == row["label_histogram"] and sum(teacher.label_counts) == row["train"]
 
 
@@ -120,7 +133,7 @@ def test_tampered_teacher_is_refused_naming_node_and_hash(runs):
     try:
         path.write_bytes(original[:-4] + b"\x00\x00\x00\x00")
         with pytest.raises(TamperedArtifact) as err:
-            store.load(model_hash, owner=f"node {row['node']}")
+            store.load(model_hash, TEACHER, owner=f"node {row['node']}")
         assert row["node"] in str(err.value) and row["teacher_hash"] in str(err.value)
     finally:
         path.write_bytes(original)
@@ -141,7 +154,7 @@ def test_one_shot_teachers_start_from_the_coordinators_common_weights(runs):
     store = ArtifactStore(run_dir / "store")
     first_layers = []
     for row in metrics["nodes"]:
-        teacher = store.load(bytes.fromhex(row["teacher_hash"]), owner=f"node {row['node']}")
+        teacher = store.load(bytes.fromhex(row["teacher_hash"]), TEACHER, owner=f"node {row['node']}")
         first_layers.append(next(p for p in teacher.parameters() if p.dim() == 4).detach().flatten())
     # trained on different private data, yet still aligned with the shared initialisation; networks
     # initialised independently have cosine near 0 here (tens of weights, random signs)
@@ -159,7 +172,7 @@ def test_compare_tabulates_runs_from_what_they_wrote(runs, tmp_path):
     assert f"{100 * metrics['weighted_mean']['student_accuracy']:.2f}" in row
     assert metrics["student_hash"][:12] in lines[2] and metrics["student_hash"][:12] in lines[3]
     bad = kdledger("compare", str(tmp_path))
-    assert bad.returncode == 1 and "not a kdledger run directory" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "not a kdledger run directory" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_compare_shows_only_options_that_differ_even_when_one_is_required(runs, tmp_path):

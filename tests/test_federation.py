@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import kdledger
 
+from node.artifacts import Expected
 from simulations.runner import run_scenario
 from simulations.scenario import Scenario
 
@@ -127,5 +128,5 @@ def test_sealed_artifacts_are_ciphertext_at_rest_and_checked_after_decryption(tm
     data[-1] ^= 1
     sealed[0].write_bytes(bytes(data))
     with pytest.raises(TamperedArtifact, match="fails authentication"):
-        store.load(h, owner="node x")
+        store.load(h, Expected(("digits-cnn",), (1, 8, 8), 10), owner="node x")
     assert len(result.events) > 0 and result.ledger.student_hash is not None

@@ -21,7 +21,7 @@ def test_bad_scenario_short_error(tmp_path, text, names):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     done = kdledger("run", str(path), "--out", str(tmp_path / "run"))
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert names in done.stderr
     assert str(path) in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
@@ -31,12 +31,38 @@ def test_bad_scenario_short_error(tmp_path, text, names):
 
 def test_missing_scenario_file(tmp_path):
     done = kdledger("run", str(tmp_path / "absent.yaml"))
-    assert done.returncode == 1 and "cannot read" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "cannot read" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_events_of_a_directory_that_is_no_run(tmp_path):
     done = kdledger("events", "--run", str(tmp_path))
-    assert done.returncode == 1 and "chain.json" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "chain.json" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "chain_json, events_json, message",
+    [
+        ("{not json", None, "not a readable chain.json"),
+        ("[" * 100_000, None, "not a readable chain.json"),
+        ('["a", "list"]', None, "not a kdledger chain.json"),
+        ('{"contract": "0x", "chain_id": 1}', "[{]", "not a readable events export"),
+        ('{"contract": "0x", "chain_id": 1}', '[{"event": "X"}]', "not an events export"),
+        ('{"contract": "0x", "chain_id": 1}', "\xff\xfe", "not a readable events export"),
+    ],
+)
+def test_a_corrupt_run_directory_is_one_line(tmp_path, chain_json, events_json, message):
+    (tmp_path / "chain.json").write_text(chain_json)
+    if events_json is not None:
+        (tmp_path / "events.json").write_bytes(events_json.encode("latin-1"))
+    done = kdledger("events", "--run", str(tmp_path))
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_huge_scenario_name_is_refused_without_echoing_it(tmp_path):
+    path = tmp_path / "long.yaml"
+    path.write_text("name: " + "a" * 100_000 + "\nnodes: 2\n")
+    done = kdledger("run", str(path), "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and "name" in done.stderr and len(done.stderr) < 2000
 
 
 def test_set_overrides_a_scenario_key_before_validation():
@@ -60,7 +86,7 @@ def test_set_overrides_a_scenario_key_before_validation():
 
 def test_set_on_the_command_line_gives_a_one_line_error(tmp_path):
     done = kdledger("run", "simulations/scenarios/quickstart.yaml", "--set", "nodes=zero", "--out", str(tmp_path / "r"))
-    assert done.returncode == 1 and "nodes" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "nodes" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 

@@ -13,7 +13,7 @@ import json
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -21,6 +21,9 @@ from torch import nn
 
 from chain.errors import ConfigError
 from node.dfkd.criterions import kd_loss
+
+if TYPE_CHECKING:
+    from node.models import Teacher
 
 METHODS: dict[str, type[Synthesizer]] = {}
 
@@ -59,7 +62,7 @@ class Synthesizer(ABC):
 
     def __init__(
         self,
-        teacher: nn.Module,
+        teacher: Teacher,
         student: nn.Module,
         space: InputSpace,
         options: dict,
@@ -96,7 +99,7 @@ class Synthesizer(ABC):
     @classmethod
     def node_side(
         cls,
-        teacher: nn.Module,
+        teacher: Teacher,
         student: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -106,8 +106,8 @@ class AveragedModel:
     def update(self, model: nn.Module) -> None:
         for mine, theirs in zip(self.model.parameters(), model.parameters()):
             mine.lerp_(theirs.detach(), 1 - self.decay)
-        for mine, theirs in zip(self.model.buffers(), model.buffers()):
-            mine.copy_(theirs)
+        for kept, current in zip(self.model.buffers(), model.buffers()):
+            kept.copy_(current)
 
 
 def mix(x: torch.Tensor, alpha: float, generator: torch.Generator) -> torch.Tensor:
@@ -126,7 +126,7 @@ def distill(
     seed: int,
     budget_s: float | None = None,
     progress: Callable[[str, int, int], None] | None = None,
-    checkpoints: list[float] = (),
+    checkpoints: Sequence[float] = (),
     evaluate: Callable[[nn.Module], float] | None = None,
 ) -> DistillResult:
     """Distil `synthesizer.teacher` into `synthesizer.student`; `evaluate` is called at `checkpoints` (seconds

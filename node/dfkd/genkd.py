@@ -69,7 +69,7 @@ from node.dfkd.base import Options, Synthesizer, register_method
 from node.dfkd.criterions import kd_loss
 from node.dfkd.sampling import seeded_gamma
 from node.dfkd.zskd import dirichlet_concentration
-from node.models import Ensemble
+from node.models import Ensemble, Teacher
 
 
 class GenKDOptions(Options):
@@ -351,7 +351,7 @@ def balanced_backward(params: list[torch.nn.Parameter], mle: torch.Tensor, l_b: 
 
 
 def train_ebm(
-    teacher: nn.Module,
+    teacher: Teacher,
     student: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -375,7 +375,7 @@ def train_ebm(
     buffer = ReplayBuffer(o.buffer_size, tuple(x.shape[1:]), prior, gen, *bounds)
     opt = torch.optim.Adam(params, lr=o.lr)
     student_opt = torch.optim.Adam(student.parameters(), lr=o.student_lr)
-    history = {"l_a": [], "l_cls": [], "l_b": [], "pg_scale": []}
+    history: dict[str, list[float]] = {"l_a": [], "l_cls": [], "l_b": [], "pg_scale": []}
     for it in range(o.node_iterations):
         batch = torch.randint(len(y), (o.batch_size,), generator=gen)
         idx, x0, labels, soft, _ = buffer.sample(o.batch_size, o.reinit)

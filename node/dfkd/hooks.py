@@ -26,7 +26,8 @@ class BNStatistics:
 
     def __init__(self, model: nn.Module, *, momentum: float = 0.0, first_weight: float = 1.0):
         layers = batch_norm_layers(model)
-        self.momentum, self.losses = momentum, []
+        self.momentum = momentum
+        self.losses: list[torch.Tensor] = []
         self.weights = {id(m): (first_weight if i == 0 else 1.0) for i, m in enumerate(layers)}
         self.recording_now = False
         self.average: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
