@@ -64,3 +64,18 @@ def read_export(path: Path) -> list[dict]:
     if not isinstance(events, list) or not all(isinstance(e, dict) and keys <= e.keys() for e in events):
         raise ConfigError(f"{path}: not an events export (a list of events, each with {', '.join(sorted(keys))})")
     return events
+
+
+def load_chain_info(run_dir: Path) -> dict:
+    """A run directory's chain.json: where its records are (chain, contract, block range); ConfigError if absent
+    or not one. Here, not in the runner, so that reading a run never imports torch."""
+    path = Path(run_dir) / "chain.json"
+    if not path.exists():
+        raise ConfigError(f"--run {run_dir}: no chain.json there (is it a kdledger run directory?)")
+    try:
+        info = bounded_json(path.read_bytes(), "chain.json")
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not a readable chain.json ({type(exc).__name__})") from None
+    if not isinstance(info, dict) or not {"contract", "chain_id"} <= info.keys():
+        raise ConfigError(f"{path}: not a kdledger chain.json (no contract and chain_id)")
+    return info

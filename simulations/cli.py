@@ -136,8 +136,7 @@ def _events_from(run_dir: Optional[Path], rpc: Optional[str], address: Optional[
     """
     from chain.backends import connect
     from chain.errors import ConfigError
-    from chain.events import fetch_events, read_export
-    from simulations.runner import load_chain_info
+    from chain.events import fetch_events, load_chain_info, read_export
 
     if run_dir is not None:
         info = load_chain_info(run_dir)

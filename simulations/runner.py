@@ -20,7 +20,6 @@ from chain.errors import ConfigError, RunFailed
 from chain.events import fetch_events, write_export
 from chain.identity import derive_account, load_key, run_id_of, save_key
 from chain.registry import Registry, checksummed, fund
-from chain.safejson import bounded_json
 from node.artifacts import ArtifactStore, new_seal_key, public_bytes, save_seal_key
 from node.server_app import Coordinator, RunLedger
 from simulations.report import write_run_dir
@@ -229,16 +228,3 @@ def run_scenario(
     finally:
         flwr_log.setLevel(level)
     return finish_run(run)
-
-
-def load_chain_info(run_dir: Path) -> dict:
-    path = Path(run_dir) / "chain.json"
-    if not path.exists():
-        raise ConfigError(f"--run {run_dir}: no chain.json there (is it a kdledger run directory?)")
-    try:
-        info = bounded_json(path.read_bytes(), "chain.json")
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ConfigError(f"{path}: not a readable chain.json ({type(exc).__name__})") from None
-    if not isinstance(info, dict) or not {"contract", "chain_id"} <= info.keys():
-        raise ConfigError(f"{path}: not a kdledger chain.json (no contract and chain_id)")
-    return info

@@ -118,3 +118,18 @@ def test_every_user_facing_error_shares_one_root_and_the_cli_catches_only_that_r
     ):
         assert issubclass(cls, KdledgerError), cls
     assert KdledgerError in _user_errors()
+
+
+def test_reading_a_run_does_not_import_torch(tmp_path):
+    """events, lineage and verify read JSON and the chain: they start in a second, not in torch's seven."""
+    import subprocess
+    import sys
+
+    (tmp_path / "chain.json").write_text('{"contract": "0x", "chain_id": 1}')
+    (tmp_path / "events.json").write_text("[]")
+    probe = (
+        "import sys; from simulations.cli import _events_from; "
+        f"_events_from({str(tmp_path)!r}, None, None, whole_chain=True); print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
