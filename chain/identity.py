@@ -20,8 +20,15 @@ from eth_utils import keccak
 from chain.errors import ConfigError
 from chain.safejson import bounded_json
 
-KIND_TEACHER, KIND_EBM, KIND_GENERATOR, KIND_STUDENT = 1, 2, 3, 4
-KIND_NAMES = {KIND_TEACHER: "teacher", KIND_EBM: "ebm", KIND_GENERATOR: "generator", KIND_STUDENT: "student"}
+KIND_TEACHER, KIND_EBM, KIND_GENERATOR, KIND_STUDENT, KIND_AGGREGATE = 1, 2, 3, 4, 5
+KIND_NAMES = {
+    KIND_TEACHER: "teacher",
+    KIND_EBM: "ebm",
+    KIND_GENERATOR: "generator",
+    KIND_STUDENT: "student",
+    KIND_AGGREGATE: "aggregate",
+}
+PUBLISHED_KINDS = {name: kind for kind, name in KIND_NAMES.items() if kind <= KIND_GENERATOR}  # what a node signs
 KIND_BY_NAME = {name: kind for kind, name in KIND_NAMES.items()}
 DOMAIN_NAME, DOMAIN_VERSION = "kdledger ModelRegistry", "1"
 
@@ -164,6 +171,7 @@ def load_key(path: Path) -> LocalAccount:
 
 
 __all__ = [
+    "KIND_AGGREGATE",
     "KIND_BY_NAME",
     "KIND_EBM",
     "KIND_GENERATOR",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from eth_abi import decode as abi_decode
@@ -95,6 +96,24 @@ def checksummed(address: str, what: str) -> str:
     return to_checksum_address(address)
 
 
+def lineage_path(model: bytes, owned: set[bytes], sources: Mapping[bytes, Sequence[bytes]]) -> list[int] | None:
+    """The shortest path of source indexes from `model` to a model in `owned` (what attestAccuracy checks
+    on-chain), following `sources` (a derived model's lineage as registered); None if there is none."""
+    frontier: list[tuple[bytes, list[int]]] = [(model, [])]
+    seen = {model}
+    while frontier:
+        following = []
+        for h, path in frontier:
+            if h in owned:
+                return path
+            for i, source in enumerate(sources.get(h, ())):
+                if source not in seen:
+                    seen.add(source)
+                    following.append((source, [*path, i]))
+        frontier = following
+    return None
+
+
 class Registry:
     """ModelRegistry at one address on one chain. `chain_seconds` adds up the time spent talking to it."""
 
@@ -172,15 +191,18 @@ class Registry:
         round_: int,
         sources: list[bytes],
         method: str,
-        sample_count: int,
+        example_count: int,
         uri: str,
         relayer: LocalAccount,
     ) -> TxReceipt:
-        fn = self.contract.functions.registerAggregate(model_hash, run_id, round_, sources, method, sample_count, uri)
+        fn = self.contract.functions.registerAggregate(model_hash, run_id, round_, sources, method, example_count, uri)
         return self._send(fn, relayer)
 
-    def attest(self, att: Attestation, signature: bytes, relayer: LocalAccount) -> TxReceipt:
-        return self._send(self.contract.functions.attestAccuracy(att.as_struct(), signature), relayer)
+    def attest(self, att: Attestation, signature: bytes, relayer: LocalAccount, path: Sequence[int] = ()) -> TxReceipt:
+        """Relay an attestation; `path` leads from the model through its sources to one the node registered
+        (see lineage_path), empty when the node registered the model itself."""
+        fn = self.contract.functions.attestAccuracy(att.as_struct(), signature, list(path))
+        return self._send(fn, relayer)
 
     # -- reads -------------------------------------------------------------------------------
     def is_model_registry(self) -> bool:

@@ -17,11 +17,13 @@ contract ModelRegistry is AccessControl, EIP712, Nonces {
     bytes32 public constant DISTILLER_ROLE = keccak256("DISTILLER_ROLE");
     bytes32 public constant RELAYER_ROLE = keccak256("RELAYER_ROLE");
 
-    /// Kinds a data node may publish (1..3); a student (4) comes only from commitStudent.
+    /// Kinds a data node may publish (1..3); a student (4) comes only from commitStudent, an aggregate (5)
+    /// (a model the coordinator computed from registered ones) only from registerAggregate.
     uint8 public constant KIND_TEACHER = 1;
     uint8 public constant KIND_EBM = 2;
     uint8 public constant KIND_GENERATOR = 3;
     uint8 public constant KIND_STUDENT = 4;
+    uint8 public constant KIND_AGGREGATE = 5;
 
     bytes32 private constant PUBLISH_TYPEHASH = keccak256(
         "Publish(address node,bytes32 modelHash,uint8 kind,uint32 round,bytes32 runId,string uri,uint256 nonce,uint256 deadline)"
@@ -104,7 +106,7 @@ contract ModelRegistry is AccessControl, EIP712, Nonces {
         uint32 round,
         bytes32[] sourceHashes,
         string method,
-        uint64 sampleCount,
+        uint64 exampleCount,
         string uri
     );
     /// A data node measured a registered model on its own private test split.
@@ -112,16 +114,29 @@ contract ModelRegistry is AccessControl, EIP712, Nonces {
         bytes32 indexed modelHash, address indexed node, bytes32 indexed runId, uint16 accuracyBps, uint32 numExamples
     );
 
+    /// @notice A signed message was relayed after its deadline.
     error SignatureExpired(uint256 deadline);
+    /// @notice The signer named in a message does not hold the role the call needs (DATA_NODE).
     error SignerLacksRole(address signer, bytes32 role);
+    /// @notice The signature recovers to another address than the node the message names.
     error InvalidSigner(address recovered, address expected);
+    /// @notice The hash is registered already; a record is never overwritten.
     error ModelAlreadyRegistered(bytes32 modelHash);
+    /// @notice The hash is not registered (a source of a student or aggregate, or an attested model).
     error UnknownModel(bytes32 modelHash);
+    /// @notice A data node may publish only teachers, EBMs and generators (kinds 1 to 3).
     error InvalidKind(uint8 kind);
+    /// @notice The zero hash names no file.
     error ZeroHash();
+    /// @notice A student or an aggregate must come from at least one registered model.
     error EmptyLineage();
+    /// @notice An accuracy is at most 10 000 basis points.
     error AccuracyOutOfRange(uint16 accuracyBps);
+    /// @notice A node attests a model's accuracy once.
     error AlreadyAttested(bytes32 modelHash, address node);
+    /// @notice The path does not lead from the model, through its sources, to a model the node registered:
+    /// only nodes whose data went into a model may attest its accuracy.
+    error NotInLineage(bytes32 modelHash, address node);
 
     /// @param admin The account that may grant and revoke every role.
     constructor(address admin) EIP712("kdledger ModelRegistry", "1") {
@@ -174,7 +189,7 @@ contract ModelRegistry is AccessControl, EIP712, Nonces {
     /// @param round The federated round it closes (0 for one-shot aggregates).
     /// @param sourceHashes The registered models it was computed from.
     /// @param method How it was computed (e.g. "FedAvg", "ensemble").
-    /// @param sampleCount Training examples behind the sources, summed.
+    /// @param exampleCount Training examples behind the sources, summed (stored as the lineage's sampleCount).
     /// @param uri Where the weights can be fetched.
     function registerAggregate(
         bytes32 modelHash,
@@ -182,17 +197,23 @@ contract ModelRegistry is AccessControl, EIP712, Nonces {
         uint32 round,
         bytes32[] calldata sourceHashes,
         string calldata method,
-        uint64 sampleCount,
+        uint64 exampleCount,
         string calldata uri
     ) external onlyRole(RELAYER_ROLE) {
-        _recordDerived(modelHash, KIND_TEACHER, round, sourceHashes, method, bytes32(0), sampleCount);
-        emit AggregateRegistered(modelHash, msg.sender, runId, round, sourceHashes, method, sampleCount, uri);
+        _recordDerived(modelHash, KIND_AGGREGATE, round, sourceHashes, method, bytes32(0), exampleCount);
+        emit AggregateRegistered(modelHash, msg.sender, runId, round, sourceHashes, method, exampleCount, uri);
     }
 
-    /// @notice Records the accuracy a data node signed for a registered model; called by a relayer.
+    /// @notice Records the accuracy a data node signed for a registered model; called by a relayer. Only a
+    /// node whose data went into the model may attest it: `path` leads from the model through its sources
+    /// (`lineageOf(h).teacherHashes[path[i]]` at each step) to a model the node registered itself.
     /// @param a The attestation the node signed (its nonce must be the node's current one).
     /// @param signature The node's 65-byte EIP-712 signature over `a`.
-    function attestAccuracy(Attestation calldata a, bytes calldata signature) external onlyRole(RELAYER_ROLE) {
+    /// @param path Indexes into the sources at each step; empty when the node registered the model itself.
+    function attestAccuracy(Attestation calldata a, bytes calldata signature, uint256[] calldata path)
+        external
+        onlyRole(RELAYER_ROLE)
+    {
         _checkSigned(a.node, a.deadline, a.nonce);
         bytes32 digest = _hashTypedDataV4(
             keccak256(
@@ -204,6 +225,13 @@ contract ModelRegistry is AccessControl, EIP712, Nonces {
         _checkSigner(digest, signature, a.node);
         if (_models[a.modelHash].kind == 0) revert UnknownModel(a.modelHash);
         if (a.accuracyBps > 10_000) revert AccuracyOutOfRange(a.accuracyBps);
+        bytes32 reached = a.modelHash;
+        for (uint256 i = 0; i < path.length; ++i) {
+            bytes32[] storage sources = _lineages[reached].teacherHashes;
+            if (path[i] >= sources.length) revert NotInLineage(a.modelHash, a.node);
+            reached = sources[path[i]];
+        }
+        if (_models[reached].owner != a.node) revert NotInLineage(a.modelHash, a.node);
         Accuracy storage slot = _accuracies[a.modelHash][a.node];
         if (slot.blockNumber != 0) revert AlreadyAttested(a.modelHash, a.node);
         _accuracies[a.modelHash][a.node] = Accuracy(a.accuracyBps, a.numExamples, uint40(block.number));

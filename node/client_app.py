@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from chain.identity import KIND_BY_NAME, Attestation, Publication, load_key, sign
+from chain.provenance import uri_of
 from node.artifacts import Expected, deserialize, seal, serialize, sha256
 from node.config import DataConfig
 from node.data import Split, node_splits, spec_of
@@ -145,7 +146,7 @@ def train(msg: Message, context: Context) -> Message:
             kind=KIND_BY_NAME[kind],
             round=round_,
             run_id=task.run_id,
-            uri=task.uri,
+            uri=uri_of(task.run_id),
             nonce=task.nonce + i,
             deadline=task.deadline,
         )

@@ -127,8 +127,7 @@ class Task(Record):
     distill: DistillConfig
     faults: FaultConfig
     keys_dir: str  # where a simulated node finds its key file (a deployed node has its own)
-    run_id: bytes
-    uri: str
+    run_id: bytes  # also names every file: chain.provenance.uri_of(run_id) is its on-chain uri
     seal_to: bytes  # the distiller's X25519 public key when files travel sealed, else empty
     chain_id: int
     contract: str

@@ -31,7 +31,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from chain.errors import RunFailed
 from chain.identity import Attestation, Publication
-from chain.registry import Registry
+from chain.provenance import uri_of
+from chain.registry import Registry, lineage_path
 from node.artifacts import ArtifactStore, Expected, serialize, sha256
 from node.config import DataConfig, DistillConfig, FaultConfig, FederationConfig, TeacherConfig, config_digest
 from node.data import spec_of
@@ -51,7 +52,8 @@ class NodeRecord:
     num_train: int = 0
     num_test: int = 0
     label_histogram: list[int] = field(default_factory=list)
-    published: dict[str, bytes] = field(default_factory=dict)  # kind ("teacher", "ebm") -> hash
+    published: dict[str, bytes] = field(default_factory=dict)  # kind ("teacher", "ebm") -> latest hash
+    owned: set[bytes] = field(default_factory=set)  # every hash the node registered, in every round
     accuracy_bps: dict[str, int] = field(default_factory=dict)  # model hash (hex) -> what the node measured
     error: str | None = None
 
@@ -67,6 +69,7 @@ class RunLedger:
     nodes: list[NodeRecord] = field(default_factory=list)
     student_hash: bytes | None = None
     aggregates: dict[str, bytes] = field(default_factory=dict)  # "ensemble", "fedavg-once", "global" -> hash
+    sources: dict[bytes, list[bytes]] = field(default_factory=dict)  # a derived model's registered lineage
     transactions: list[dict] = field(default_factory=list)
     distill: dict = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
@@ -97,7 +100,6 @@ class Coordinator:
     keys_dir: Path
     federation: FederationConfig = field(default_factory=FederationConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
-    uri: str = "file:store"
     progress: Callable[[str, int, int], None] = lambda phase, done, total: None
     audit: Callable[[str, Message], None] | None = None  # sees every reply a data node sends (privacy tests)
     seal_to: bytes = b""  # the distiller's X25519 public key when nodes seal their files
@@ -213,11 +215,12 @@ class Coordinator:
                 self.distill.method,
                 config_hash,
                 len(result.transfer),
-                self.uri,
+                uri_of(self.run_id),
                 self.distiller,
             )
             self.ledger.tx("StudentCommitted", receipt, model=student_hash.hex())
         self.ledger.student_hash = student_hash
+        self.ledger.sources[student_hash] = list(sources)
         self.ledger.distill = {
             "method": self.distill.method,
             "variant": as_run["variant"],
@@ -239,11 +242,14 @@ class Coordinator:
         if student is None:
             raise RunFailed("no student was committed: nothing to evaluate")
         deadline = self.registry.deadline()
-        contents, sent = {}, {}
+        contents, sent, sent_paths = {}, {}, {}
         for r in self.active:
             models = [student] + ([r.teacher_hash] if self.federation.mode == "one-shot" and r.teacher_hash else [])
             models += list(self.ledger.aggregates.values())
-            attest = [h for h in models if self.registry.accuracy(h, r.address)[2] == 0]
+            # only models the node's data went into, each with the path the contract checks; not twice
+            paths = {h: lineage_path(h, r.owned, self.ledger.sources) for h in models}
+            attest = [h for h in models if paths[h] is not None and self.registry.accuracy(h, r.address)[2] == 0]
+            sent_paths[r.node_id] = paths
             task = sent[r.node_id] = self.task(nonce=self.registry.nonce(r.address), deadline=deadline, attest=attest)
             files = ArrayRecord({h.hex(): blob_to_array(self.store.get(h)) for h in models})
             contents[r.node_id] = task.put(RecordDict({MODELS: files}))
@@ -259,7 +265,7 @@ class Coordinator:
                 continue
             measured = dict(zip(result.model_hashes, result.accuracy_bps))
             record.accuracy_bps = {h.hex(): b for h, b in measured.items()}
-            task = sent[record.node_id]
+            task, paths = sent[record.node_id], sent_paths[record.node_id]
             for i, (model_hash, signature) in enumerate(zip(result.signed_hashes, result.signatures)):
                 att = Attestation(
                     node=record.address,
@@ -270,7 +276,9 @@ class Coordinator:
                     nonce=task.nonce + i,
                     deadline=task.deadline,
                 )
-                receipt = self.registry.attest(att, signature, self.relayer)
+                receipt = self.registry.attest(
+                    att, signature, self.relayer, sent_paths[record.node_id][model_hash] or []
+                )
                 self.ledger.tx("AccuracyAttested", receipt, node=record.address, model=model_hash.hex())
             self.progress("evaluate", done, len(contents))
 
@@ -285,7 +293,6 @@ class Coordinator:
             faults=self.faults,
             keys_dir=str(self.keys_dir),
             run_id=self.run_id,
-            uri=self.uri,
             seal_to=self.seal_to,
             chain_id=self.registry.domain().chain_id,
             contract=self.registry.address,
@@ -361,6 +368,7 @@ class Coordinator:
                 round=publication.round,
             )
         record.published[kind] = publication.model_hash
+        record.owned.add(publication.model_hash)
 
     def register_aggregate(
         self, name: str, model: torch.nn.Module, round_: int, sources: list[bytes], method: str, examples: int
@@ -371,10 +379,18 @@ class Coordinator:
         model_hash = self.store.put(blob)
         if not self.registry.model(model_hash).registered:
             receipt = self.registry.register_aggregate(
-                model_hash, self.run_id, round_, sources, method, examples, self.uri, self.relayer
+                model_hash,
+                self.run_id,
+                round_,
+                sources,
+                method,
+                examples,
+                uri_of(self.run_id),
+                self.relayer,
             )
             self.ledger.tx("AggregateRegistered", receipt, model=model_hash.hex(), kind=name, round=round_)
         self.ledger.aggregates[name] = model_hash
+        self.ledger.sources[model_hash] = list(sources)
         return model_hash
 
 

@@ -25,7 +25,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp import strategy as strategies
 
 from chain.errors import ArtifactError, ChainError, ConfigError, RunFailed
-from chain.identity import KIND_BY_NAME, Publication
+from chain.identity import KIND_BY_NAME, PUBLISHED_KINDS, Publication
+from chain.provenance import uri_of
 from node.artifacts import average_weights
 from node.messages import MessageError, Publications, Task, published_arrays, sealed_blob
 
@@ -117,7 +118,7 @@ class RegisteringFedAvg(strategies.FedAvg):
         signed = Publications.read(reply.content, sender)
         task = self.sent[record.node_id]
         for i, (kind, model_hash, signature) in enumerate(zip(signed.kinds, signed.model_hashes, signed.signatures)):
-            if kind not in KIND_BY_NAME:
+            if kind not in PUBLISHED_KINDS:
                 raise MessageError(f"{sender}: published an unknown kind {kind!r}")
             arrays = published_arrays(reply.content, kind, sender)
             ciphertext = sealed_blob(arrays)
@@ -135,7 +136,7 @@ class RegisteringFedAvg(strategies.FedAvg):
                 kind=KIND_BY_NAME[kind],
                 round=task.round,
                 run_id=task.run_id,
-                uri=task.uri,
+                uri=uri_of(task.run_id),
                 nonce=task.nonce + i,
                 deadline=task.deadline,
             )

@@ -205,15 +205,20 @@ def lineage(
     run_dir: Optional[Path] = RUN_OPT,
     rpc: Optional[str] = RPC_OPT,
     address: Optional[str] = ADDRESS_OPT,
+    files: list[Path] = typer.Option(
+        [], "--files", help="a published run directory (or a copy of one) to find the files in; repeatable"
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """The tree student -> teachers -> data nodes, with method, configuration hash and attested accuracies."""
+    """The tree student -> teachers -> data nodes, with method, configuration hash and attested accuracies,
+    and, for each record, its file: the on-chain uri resolved in --run or --files, its hash checked."""
     from rich.tree import Tree
 
     from chain import provenance
 
     found, _ = _events_from(run_dir, rpc, address, whole_chain=True)
-    trees = [provenance.lineage(found, h) for h in hashes]
+    roots = ([run_dir] if run_dir else []) + list(files)
+    trees = [provenance.lineage(found, h, roots) for h in hashes]
     if as_json:
         print(json.dumps(trees, indent=1))
     else:
@@ -239,7 +244,7 @@ def _describe(t: dict) -> str:
     elif t["kind"] == "aggregate":
         head = (
             f"[bold]aggregate[/] {t['model_hash']}  by coordinator {t['owner']}, {t['method']} of round {t['round']}, "
-            f"{t['sample_count']} examples, block {t['block']}"
+            f"{t['example_count']} examples, block {t['block']}"
         )
     else:
         head = (
@@ -249,6 +254,8 @@ def _describe(t: dict) -> str:
 
 
 def _grow(branch, t: dict) -> None:
+    if "file" in t:
+        branch.add(f"file {t['file']} (hash checked)" if t["file"] else f"[red]file not found[/] for {t['uri']}")
     for acc in t.get("accuracies", []):
         branch.add(
             f"accuracy {acc['accuracy_bps'] / 100:.2f}% on {acc['num_examples']} private examples of "

@@ -6,7 +6,8 @@ import pytest
 
 from chain.compiler import compile_registry, load_artifact, resolve_solc
 from chain.errors import ConfigError
-from chain.identity import KIND_TEACHER, Attestation, Publication, recover, sign
+from chain.identity import KIND_AGGREGATE, KIND_TEACHER, Attestation, Publication, recover, sign
+from chain.provenance import uri_of
 from chain.registry import Registry, RegistryError, checksummed
 
 RUN = hashlib.sha256(b"run").digest()
@@ -23,7 +24,7 @@ def publication(d, signer, model_hash, *, nonce=None, deadline=None, kind=KIND_T
         kind=kind,
         round=0,
         run_id=RUN,
-        uri="file:store",
+        uri=uri_of(RUN),  # what kdledger runs register
         nonce=d.registry.nonce(signer.address) if nonce is None else nonce,
         deadline=d.registry.deadline() if deadline is None else deadline,
     )
@@ -162,21 +163,51 @@ def test_only_a_distiller_commits_students(deployed):
         d.registry.commit_student(h("s"), RUN, [h("t")], "noise", h("cfg"), 1, "", d.relayer)
 
 
+def attest(d, signer, model_hash, path=(), bps=9000):
+    att = attestation(d, signer, model_hash, bps=bps)
+    return d.registry.attest(att, sign(signer, att, d.registry.domain()), d.relayer, path)
+
+
 def test_attestation_only_from_a_data_node_and_once(deployed):
     d = deployed
     publish(d, d.node, h("m"))
-    bad = attestation(d, d.outsider, h("m"))
     with reverts("SignerLacksRole"):
-        d.registry.attest(bad, sign(d.outsider, bad, d.registry.domain()), d.relayer)
-    good = attestation(d, d.other_node, h("m"), bps=8123)
-    d.registry.attest(good, sign(d.other_node, good, d.registry.domain()), d.relayer)
-    assert d.registry.accuracy(h("m"), d.other_node.address)[:2] == (8123, 100)
-    again = attestation(d, d.other_node, h("m"))
+        attest(d, d.outsider, h("m"))
+    attest(d, d.node, h("m"), bps=8123)  # its own teacher: the empty path
+    assert d.registry.accuracy(h("m"), d.node.address)[:2] == (8123, 100)
     with reverts("AlreadyAttested"):
-        d.registry.attest(again, sign(d.other_node, again, d.registry.domain()), d.relayer)
-    unknown = attestation(d, d.node, h("never registered"))
+        attest(d, d.node, h("m"))
     with reverts("UnknownModel"):
-        d.registry.attest(unknown, sign(d.node, unknown, d.registry.domain()), d.relayer)
+        attest(d, d.node, h("never registered"))
+
+
+def test_only_nodes_whose_data_went_into_a_model_attest_it(deployed):
+    """A student of an aggregate of two nodes' teachers: each node proves its way down; another node,
+    a wrong index or a path past the leaves is NotInLineage (on both backends)."""
+    d = deployed
+    publish(d, d.node, h("t0"))
+    publish(d, d.other_node, h("t1"))
+    with reverts("NotInLineage"):
+        attest(d, d.other_node, h("t0"))  # another node's teacher
+    d.registry.register_aggregate(h("agg"), RUN, 1, [h("t0"), h("t1")], "FedAvg", 900, "", d.relayer)
+    d.registry.commit_student(h("s"), RUN, [h("agg")], "fast", h("cfg"), 5, "", d.distiller)
+    for path in ([], [0], [0, 0], [0, 2], [0, 1, 0], [1, 1]):
+        with reverts("NotInLineage"):
+            attest(d, d.other_node, h("s"), path)
+    attest(d, d.other_node, h("s"), [0, 1], bps=7777)
+    attest(d, d.node, h("s"), [0, 0])
+    attest(d, d.node, h("agg"), [0])
+    assert d.registry.accuracy(h("s"), d.other_node.address)[:2] == (7777, 100)
+
+
+def test_the_path_the_coordinator_finds_is_the_one_the_contract_accepts():
+    from chain.registry import lineage_path
+
+    sources = {h("s"): [h("agg")], h("agg"): [h("t0"), h("t1")]}
+    assert lineage_path(h("s"), {h("t1")}, sources) == [0, 1]
+    assert lineage_path(h("agg"), {h("t0")}, sources) == [0]
+    assert lineage_path(h("t1"), {h("t1")}, sources) == []
+    assert lineage_path(h("s"), {h("elsewhere")}, sources) is None
 
 
 def test_aggregates_come_from_a_relayer_and_registered_sources(deployed):
@@ -192,6 +223,6 @@ def test_aggregates_come_from_a_relayer_and_registered_sources(deployed):
     assert not d.registry.model(h("agg")).registered
     d.registry.register_aggregate(h("agg"), RUN, 1, [h("u1"), h("u2")], "FedAvg", 900, "", d.relayer)
     record, lineage = d.registry.model(h("agg")), d.registry.lineage(h("agg"))
-    assert (record.owner, record.kind, record.round) == (d.relayer.address, KIND_TEACHER, 1)
+    assert (record.owner, record.kind, record.round) == (d.relayer.address, KIND_AGGREGATE, 1)
     assert lineage.teacher_hashes == (h("u1"), h("u2")) and lineage.method == "FedAvg" and lineage.sample_count == 900
     d.registry.commit_student(h("s"), RUN, [h("agg")], "genkd", h("cfg"), 5, "", d.distiller)  # a student of it

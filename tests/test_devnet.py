@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import free_port, kdledger
+from conftest import ROOT, free_port, kdledger
 from test_end_to_end import NODES, reduced_quickstart
 
 from chain.compiler import load_artifact
@@ -71,6 +71,35 @@ def test_keys_on_an_rpc_chain_are_not_derivable_from_the_scenario(devnet_run):
         assert key.address in signers and key.address != derive_account(seed, f"node-{i}").address
     for party in ("admin", "relayer", "distiller"):
         assert load_key(run_dir / "keys" / f"{party}.json").address != derive_account(seed, party).address
+
+
+def test_an_auditor_checks_the_student_with_web3_and_the_abi_alone(devnet_run, tmp_path):
+    """examples/audit_student.py (docs/auditing.md): no kdledger import, only web3.py and the ABI."""
+    import shutil
+    import sys
+
+    net, run_dir = devnet_run
+    script = ROOT / "examples" / "audit_student.py"
+    assert "import chain" not in script.read_text() and "from node" not in script.read_text()
+    contract = json.loads((run_dir / "chain.json").read_text())["contract"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+
+    def audit(directory):
+        args = [sys.executable, str(script), net.rpc_url, contract, metrics["student_hash"], str(directory)]
+        return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+    done = audit(run_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    tree = json.loads(done.stdout)["lineage"]
+    assert tree["kind"] == "student" and tree["method"] == "fast" and tree["count"] == metrics["distill"]["samples"]
+    assert {t["owner"] for t in tree["sources"]} == {row["node"] for row in metrics["nodes"]}
+    for row in metrics["nodes"]:
+        assert tree["accuracies"][row["node"]] == pytest.approx(100 * row["student_accuracy"], abs=0.01)
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("keys"))
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace('"seed":', '"seed": 1, "x":'))
+    done = audit(copy)
+    assert done.returncode == 1 and "config.json is not the configuration" in done.stdout
 
 
 def test_events_filters(devnet_run):

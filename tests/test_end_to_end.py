@@ -190,3 +190,33 @@ def test_compare_shows_only_options_that_differ_even_when_one_is_required(runs, 
     (run / "metrics.json").write_text(json.dumps(metrics))
     row = compare_runs([run]).strip().splitlines()[-1]
     assert "| public | dataset=digits |" in row
+
+
+def test_every_record_points_at_its_file_and_any_copy_resolves_it(runs, tmp_path):
+    """The on-chain uri is kdledger://<run id>/store/ab/cd/<hash>.safetensors: a copy of the published run
+    directory (here only its store) resolves every file of the lineage; a tampered copy does not."""
+    import shutil
+
+    from chain.provenance import lineage, uri_of
+
+    run_dir, _ = runs[0]
+    events = json.loads((run_dir / "events.json").read_text())
+    run_id = bytes.fromhex(json.loads((run_dir / "run.json").read_text())["run_id"][2:])
+    for e in events:
+        if "uri" in e["args"]:
+            assert e["args"]["uri"] == uri_of(run_id)
+    shutil.copytree(run_dir / "store", tmp_path / "published" / "store")
+    student = json.loads((run_dir / "metrics.json").read_text())["student_hash"]
+
+    def files(tree):
+        yield tree["model_hash"], tree.get("file")
+        for child in tree.get("teachers", []):
+            yield from files(child)
+
+    found = dict(files(lineage(events, student, [tmp_path / "published"])))
+    assert len(found) == 1 + NODES and all(found.values())
+    for model_hash, path in found.items():
+        assert "0x" + hashlib.sha256(open(path, "rb").read()).hexdigest() == model_hash
+    victim = found[student]
+    open(victim, "ab").write(b"\0")
+    assert dict(files(lineage(events, student, [tmp_path / "published"])))[student] is None

@@ -56,11 +56,15 @@ def test_fedavg_rounds_register_updates_and_aggregates_and_replies_carry_no_data
     assert student["args"]["teacherHashes"] == [aggregates[-1]["args"]["modelHash"]]
     attested = [e for e in events if e["event"] == "AccuracyAttested"]
     assert len(attested) == 3 * 2  # each node: the student and the global teacher
-    # on-chain there are hashes, addresses and numbers, never tensors
+    # on-chain there are hashes, addresses and numbers (and the run's uri), never tensors
+    uri = "kdledger://" + result.chain["run_id"]
     for e in events:
-        for value in e["args"].values():
+        for name, value in e["args"].items():
             assert isinstance(value, (int, str, list))
-            assert not isinstance(value, str) or len(value) <= 66 or e["event"] == "RoleGranted"
+            if name == "uri":
+                assert value == uri
+            else:
+                assert not isinstance(value, str) or len(value) <= 66 or e["event"] == "RoleGranted"
     # lineage walks student -> aggregate -> the nodes' updates
     done = kdledger("lineage", student["args"]["modelHash"], "--run", str(tmp_path / "run"), "--json")
     (tree,) = json.loads(done.stdout)

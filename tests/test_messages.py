@@ -29,7 +29,6 @@ def task(**extra) -> Task:
         faults=FaultConfig(train=[1]),
         keys_dir="/tmp/keys",
         run_id=b"\x07" * 32,
-        uri="file:store",
         seal_to=b"",
         chain_id=31337,
         contract="0x" + "ab" * 20,

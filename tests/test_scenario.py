@@ -133,3 +133,65 @@ def test_reading_a_run_does_not_import_torch(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+# -- hostile scenario files ------------------------------------------------------------------------
+def test_nested_aliases_are_refused_before_they_expand(tmp_path):
+    from simulations.scenario import ScenarioError, load_scenario
+
+    laughs = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    laughs += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("name: q\nnodes: 2\ndistill:\n  options:\n" + "".join(f"    {line}\n" for line in laughs))
+    with pytest.raises(ScenarioError, match="aliases"):
+        load_scenario(path)
+    path.write_text("name: q\n" + "nodes: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(ScenarioError, match="nested deeper than 32"):  # before PyYAML's quadratic scanner
+        load_scenario(path)
+    path.write_bytes(b"name: q\n#" + b"x" * (1 << 20))
+    with pytest.raises(ScenarioError, match="at most"):
+        load_scenario(path)
+
+
+def test_fuzz_the_scenario_loader(tmp_path_factory):
+    """1 000 generated scenarios (mutations of a valid one, and random documents): each loads or is a
+    ScenarioError, never anything else."""
+    import yaml
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from simulations.scenario import ScenarioError, load_scenario
+
+    base = yaml.safe_load(open("simulations/scenarios/quickstart.yaml").read())
+    leaves = st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.floats() | st.text(max_size=20)
+    values = st.recursive(
+        leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    )
+    keys = [(s,) for s in base] + [(s, k) for s, v in base.items() if isinstance(v, dict) for k in v]
+    folder = tmp_path_factory.mktemp("fuzz")
+
+    def check(document) -> None:
+        path = folder / "s.yaml"
+        path.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
+        try:
+            load_scenario(path)
+        except ScenarioError:
+            pass
+
+    @settings(max_examples=700, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(keys), values)
+    def mutated(key, value):
+        spec = yaml.safe_load(yaml.safe_dump(base))
+        node = spec
+        for part in key[:-1]:
+            node = node[part]
+        node[key[-1]] = value
+        check(spec)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.text(max_size=200) | values)
+    def random_documents(document):
+        check(document)
+
+    mutated()
+    random_documents()
