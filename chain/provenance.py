@@ -36,12 +36,12 @@ def resolve(uri: str, model_hash: str, roots: Sequence[Path]) -> Path | None:
     """The file of the record (`uri`, `model_hash`) under `roots` (published copies of run directories): at
     store_path(model_hash) under a root whose run.json names the uri's run, or under any root if none does,
     and only if it hashes to `model_hash`; a sealed copy (.enc) is found but not opened. None otherwise."""
-    match = _URI.match(uri)
+    match = _URI.match(uri)  # runs before kdledger:// registered "file:store": any root may hold those
     digest = _norm(model_hash)[2:]
-    if match is None or not re.fullmatch(r"[0-9a-f]{64}", digest):
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
         return None
     relative, expected = store_path(bytes.fromhex(digest)), digest
-    same_run = [r for r in roots if _run_id_in(Path(r)) == "0x" + match.group(1)]
+    same_run = [r for r in roots if match and _run_id_in(Path(r)) == "0x" + match.group(1)]
     for root in same_run or roots:
         for candidate in (Path(root) / relative, Path(root) / (relative + ".enc")):
             if candidate.is_file() and (
@@ -109,7 +109,7 @@ def index_events(events: list[dict]) -> dict[str, Registration]:
                 a["round"],
                 a["uri"],
                 method=a["method"],
-                example_count=a["exampleCount"],
+                example_count=a.get("exampleCount", a.get("sampleCount")),  # the name before kind 5
                 teachers=[_norm(t) for t in a["sourceHashes"]],
             )
         elif e["event"] == "StudentCommitted":

@@ -16,10 +16,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Federated, blockchain-anchored data-free distillation."
+    add_completion=False,
+    no_args_is_help=True,
+    help="Federated, blockchain-anchored data-free distillation.",
+    pretty_exceptions_show_locals=False,  # a bug's traceback must not print what is in memory (keys among it)
 )
-# Rich wraps at 80 columns when output is not a terminal; a table piped to a file or a script stays whole.
-console = Console(width=None if sys.stdout.isatty() else 200)
+# Rich wraps at 80 columns when output is not a terminal: piped to a file or a script, no line is wrapped or cut.
+console = Console(width=None if sys.stdout.isatty() else 100_000)
 err_console = Console(stderr=True)
 
 

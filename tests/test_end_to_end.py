@@ -45,6 +45,14 @@ def test_cli_prints_the_per_node_table(runs):
         assert column in done.stdout
     for name in ("report.md", "metrics.json", "chain.json", "events.json", "scenario.yaml"):
         assert (runs[0][0] / name).exists()
+    # piped, nothing is wrapped or cut: the student's whole hash and every column header on one line each
+    student = json.loads((runs[0][0] / "metrics.json").read_text())["student_hash"]
+    assert any(line.startswith(f"student {student} ") for line in done.stdout.splitlines())
+    assert any("own teacher" in line and "attest tx" in line for line in done.stdout.splitlines())
+    tree = kdledger("lineage", student, "--run", str(runs[0][0]), "--files", str(runs[0][0]))
+    assert tree.returncode == 0 and all(
+        f"file {runs[0][0]}" in line or "file" not in line for line in tree.stdout.splitlines()
+    )
 
 
 def test_events_record_every_teacher_the_student_and_each_attestation(runs):
@@ -220,3 +228,20 @@ def test_every_record_points_at_its_file_and_any_copy_resolves_it(runs, tmp_path
     victim = found[student]
     open(victim, "ab").write(b"\0")
     assert dict(files(lineage(events, student, [tmp_path / "published"])))[student] is None
+
+
+def test_runs_exported_before_kdledger_uris_still_read(runs):
+    """events.json of earlier versions: aggregates counted `sampleCount`, every uri was "file:store"."""
+    from chain.provenance import lineage
+
+    run_dir, _ = runs[0]
+    events = json.loads((run_dir / "events.json").read_text())
+    for e in events:
+        if "uri" in e["args"]:
+            e["args"]["uri"] = "file:store"
+        if e["event"] == "AggregateRegistered":
+            e["args"]["sampleCount"] = e["args"].pop("exampleCount")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    tree = lineage(events, metrics["student_hash"], [run_dir])
+    assert tree["file"] and all(t["file"] for t in tree["teachers"])
+    assert lineage(events, metrics["aggregates"]["ensemble"], [run_dir])["example_count"] > 0
