@@ -6,6 +6,7 @@ registry records is also in an event.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -41,7 +42,7 @@ def resolve(uri: str, model_hash: str, roots: Sequence[Path]) -> Path | None:
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         return None
     relative, expected = store_path(bytes.fromhex(digest)), digest
-    same_run = [r for r in roots if match and _run_id_in(Path(r)) == "0x" + match.group(1)]
+    same_run = [r for r in roots if match and _run_id_in(str(r)) == "0x" + match.group(1)]
     for root in same_run or roots:
         for candidate in (Path(root) / relative, Path(root) / (relative + ".enc")):
             if candidate.is_file() and (
@@ -51,9 +52,10 @@ def resolve(uri: str, model_hash: str, roots: Sequence[Path]) -> Path | None:
     return None
 
 
-def _run_id_in(root: Path) -> str | None:
+@functools.lru_cache(maxsize=64)  # read once per root, not once per record of a lineage
+def _run_id_in(root: str) -> str | None:
     try:
-        run = bounded_json((root / "run.json").read_bytes(), "run.json")
+        run = bounded_json((Path(root) / "run.json").read_bytes(), "run.json")
         return str(run["run_id"]).lower() if isinstance(run, dict) else None
     except (OSError, ValueError, KeyError):
         return None

@@ -169,9 +169,8 @@ class Coordinator:
 
     def initial_model(self) -> torch.nn.Module:
         """The common starting point every node's teacher trains from (the scenario's seed)."""
-        spec = self._spec()
         torch.manual_seed(self.seed)
-        return build_model(self.teacher.model, spec.input_shape, spec.num_classes)
+        return self.teacher_model()
 
     def distill_student(self) -> None:
         if self.federation.mode == "fedavg":  # one global teacher, owned by the coordinator
@@ -331,18 +330,20 @@ class Coordinator:
         spec = self._spec()
         return Expected((self.teacher.model,), spec.input_shape, spec.num_classes, max_members=self.num_nodes)
 
-    def model_of(self, arrays: ArrayRecord) -> torch.nn.Module:
-        """A teacher-architecture model holding `arrays`."""
-        model = self.initial_model()
-        model.load_state_dict(arrays.to_torch_state_dict())
+    def teacher_model(self, state: Mapping[str, torch.Tensor] | None = None) -> torch.nn.Module:
+        """A model of the teacher architecture, holding `state` if given (no reseeding: the global RNG is left
+        alone)."""
+        spec = self._spec()
+        model = build_model(self.teacher.model, spec.input_shape, spec.num_classes)
+        if state is not None:
+            model.load_state_dict(state)
         return model
 
     def canonical(self, state: dict, label_counts: list[int] | None = None) -> tuple[bytes, bytes]:
         """The canonical file of a teacher-architecture state dict (a teacher's with the class histogram its
         node reported), and its hash: it only matches what the node signed if the node reported truly."""
         spec = self._spec()
-        model = build_model(self.teacher.model, spec.input_shape, spec.num_classes)
-        model.load_state_dict(state)
+        model = self.teacher_model(state)
         blob = serialize(model, self.teacher.model, spec.input_shape, spec.num_classes, label_counts=label_counts)
         return blob, sha256(blob)
 

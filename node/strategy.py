@@ -105,7 +105,7 @@ class RegisteringFedAvg(strategies.FedAvg):
         arrays, metrics = super().aggregate_train(server_round, [reply for _, reply in accepted])
         if arrays is None:
             raise RunFailed(f"{type(self).__name__} returned no model in {phase}")
-        model = c.model_of(arrays)
+        model = c.teacher_model(arrays.to_torch_state_dict())
         sources = [r.teacher_hash for r in records if r.teacher_hash is not None]
         c.register_aggregate("global", model, round_, sources, c.federation.strategy, sum(r.num_train for r in records))
         return arrays, metrics
@@ -155,8 +155,7 @@ class RegisteringFedAvg(strategies.FedAvg):
             c.register_aggregate("ensemble", c.ensemble(teachers), 0, hashes, "ensemble", examples)
         if not (c.federation.evaluate_fedavg_once and len(teachers) > 1):
             return None
-        averaged = c.initial_model()
-        averaged.load_state_dict(average_weights(teachers, counts))
+        averaged = c.teacher_model(average_weights(teachers, counts))
         c.register_aggregate("fedavg-once", averaged, 0, hashes, "FedAvg (one-shot)", examples)
         return ArrayRecord(averaged.state_dict())
 

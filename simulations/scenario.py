@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from chain.errors import ConfigError
+from chain.safejson import nesting_depth
 from node.config import (
     DataConfig,
     DistillConfig,
@@ -126,19 +127,7 @@ def _format(exc: ValidationError) -> str:
 
 MAX_SCENARIO_BYTES = 1 << 20
 MAX_FLOW_DEPTH = 32  # PyYAML's scanner is quadratic in [ { nesting: 50 000 deep took 68 s before it failed
-_QUOTED_OR_COMMENT = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*')
-
-
-def _flow_depth(text: str) -> int:
-    """The deepest [ { nesting outside quotes and comments, found in one linear pass."""
-    depth = deepest = 0
-    for c in _QUOTED_OR_COMMENT.sub("", text):
-        if c in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif c in "]}":
-            depth -= 1
-    return deepest
+_QUOTED_OR_COMMENT = re.compile(rb'"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*')
 
 
 class _PlainYAML(yaml.SafeLoader):
@@ -159,7 +148,7 @@ def load_scenario(path: Path, overrides: Sequence[str] = ()) -> Scenario:
         data = path.read_bytes()
         if len(data) > MAX_SCENARIO_BYTES:
             raise ScenarioError(f"{path}: {len(data)} bytes; a scenario is at most {MAX_SCENARIO_BYTES}")
-        if _flow_depth(data.decode("utf-8", errors="replace")) > MAX_FLOW_DEPTH:
+        if nesting_depth(data, _QUOTED_OR_COMMENT) > MAX_FLOW_DEPTH:
             raise ScenarioError(f"{path}: brackets nested deeper than {MAX_FLOW_DEPTH}")
         raw = yaml.load(data, Loader=_PlainYAML)  # noqa: S506 - a SafeLoader subclass
     except OSError as exc:
@@ -191,7 +180,7 @@ def apply_override(raw: dict, item: str) -> None:
     parts = key.strip().split(".")
     if not sep or not all(parts):
         raise ScenarioError(f"--set {item!r}: expected dotted.key=value, e.g. distill.method=softtarget")
-    if _flow_depth(text) > MAX_FLOW_DEPTH:
+    if nesting_depth(text, _QUOTED_OR_COMMENT) > MAX_FLOW_DEPTH:
         raise ScenarioError(f"--set {item[:60]!r}: brackets nested deeper than {MAX_FLOW_DEPTH}")
     try:
         value = yaml.load(text, Loader=_PlainYAML)  # noqa: S506 - a SafeLoader subclass
