@@ -49,7 +49,7 @@ test-all: lint
 bench: setup
 	$(VENV)/bin/kdledger bench dfkd --dataset fashion-mnist --teacher lenet5-bn --student lenet5-half-bn \
 	  --methods "noise,fast,kd" --minutes 1,5,15 --seeds 0 \
-	  --loop samples=1000000 --loop steps=3000000 --teacher-epochs 5 --out runs/bench-fmnist-main
+	  --loop samples=1000000 --loop steps=3000000 --loop mixup=1.0 --teacher-epochs 5 --out runs/bench-fmnist-main
 
 clean:
 	rm -rf runs .pytest_cache

@@ -7,6 +7,7 @@ match the PUBLISH/ATTEST typehashes in contracts/ModelRegistry.sol field for fie
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -152,21 +153,58 @@ def run_id_of(name: str, config_hash: bytes) -> bytes:
     return keccak(text=name)[:16] + config_hash[:16]
 
 
-def save_key(account: LocalAccount, path: Path) -> None:
-    """Write a node's key file, readable by its owner only."""
+KEY_PASSWORD_ENV = "KDLEDGER_KEY_PASSWORD"
+# scrypt's cost for run keys: geth's "light" setting is 2**12, its standard 2**18 (about a second per
+# key on one core, minutes for a 100-node run); 2**14 is 16 MiB and about 0.1 s per key.
+KEYSTORE_SCRYPT_N = 2**14
+
+
+def key_password() -> str | None:
+    """The password of a run's encrypted key files, from the environment (never from a file in the run)."""
+    return os.environ.get(KEY_PASSWORD_ENV) or None
+
+
+def save_key(account: LocalAccount, path: Path, password: str | None = None) -> None:
+    """Write a party's key file, readable by its owner only: with a password, an encrypted keystore (Web3
+    Secret Storage v3, scrypt); without, the plain key (throwaway keys of the embedded chain)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if password is None:
+        content = {"address": account.address, "private_key": account.key.hex()}
+    else:
+        content = Account.encrypt(account.key, password, kdf="scrypt", iterations=KEYSTORE_SCRYPT_N)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"address": account.address, "private_key": account.key.hex()}, f)
+        json.dump(content, f)
     os.chmod(path, 0o600)
 
 
 def load_key(path: Path) -> LocalAccount:
-    """A key file written by `save_key`; anything else is a ConfigError naming the file."""
+    """A key file written by `save_key` (or any Web3 Secret Storage keystore, decrypted with
+    KDLEDGER_KEY_PASSWORD); anything else is a ConfigError naming the file."""
     try:
-        data = bounded_json(Path(path).read_bytes(), "key file")
+        raw = Path(path).read_bytes()
+        stat = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {path}: {type(exc).__name__}") from None
+    return _load_key(str(path), stat.st_mtime_ns, raw, key_password())
+
+
+@functools.lru_cache(maxsize=256)
+def _load_key(path: str, _mtime: int, raw: bytes, password: str | None) -> LocalAccount:
+    """Cached by content and password: a node reads its key for every message, and scrypt is slow by design."""
+    try:
+        data = bounded_json(raw, "key file")
+        if "crypto" in data or "Crypto" in data:
+            if password is None:
+                raise ConfigError(f"key file {path} is encrypted: set {KEY_PASSWORD_ENV} to its password")
+            try:
+                return Account.from_key(Account.decrypt(data, password))
+            except ValueError:
+                raise ConfigError(f"cannot decrypt key file {path}: wrong {KEY_PASSWORD_ENV}") from None
         return Account.from_key(data["private_key"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except ConfigError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"cannot read key file {path}: {type(exc).__name__}") from None
 
 
@@ -178,10 +216,12 @@ __all__ = [
     "KIND_NAMES",
     "KIND_STUDENT",
     "KIND_TEACHER",
+    "KEY_PASSWORD_ENV",
     "Attestation",
     "Domain",
     "Publication",
     "derive_account",
+    "key_password",
     "load_key",
     "recover",
     "run_id_of",

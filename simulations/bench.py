@@ -357,7 +357,8 @@ def to_markdown(result: dict, command: str) -> str:
         f"{result['teacher']} ({result['teacher_epochs']} epochs, {100 * result['teacher_accuracy']:.2f}% on the "
         f"{result['evaluated_on']} images), student {result['student']}. Student loop: up to {loop['samples']} "
         f"synthetic samples and {loop['steps']} SGD steps (lr {loop['lr']}, batch {loop['batch_size']}, T "
-        f"{loop['temperature']}, augment {loop['augment']}, balanced {loop['balanced']}, EMA {loop['ema']}); "
+        f"{loop['temperature']}, augment {loop['augment']}, balanced {loop['balanced']}, EMA {loop['ema']}, "
+        f"mixup {loop.get('mixup', 0.0)}); "
         f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; accuracy on the {result['test_size']} "
         f"{result['evaluated_on']} images"
         + (" (mean and population standard deviation over the seeds)" if len(seeds) > 1 else "")

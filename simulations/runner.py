@@ -18,7 +18,7 @@ from web3 import Web3
 from chain.backends import connect, is_embedded
 from chain.errors import ConfigError, RunFailed
 from chain.events import fetch_events, write_export
-from chain.identity import derive_account, load_key, run_id_of, save_key
+from chain.identity import KEY_PASSWORD_ENV, derive_account, key_password, load_key, run_id_of, save_key
 from chain.registry import Registry, checksummed, fund
 from node.artifacts import ArtifactStore, new_seal_key, public_bytes, save_seal_key
 from node.server_app import Coordinator, RunLedger
@@ -69,9 +69,16 @@ def dev_keys(scenario: Scenario, w3: Web3) -> bool:
 def provision(scenario: Scenario, w3: Web3, out_dir: Path, setup_txs: list[dict]):
     """Parties and roles: every party's key (a 0600 file in keys/), the registry, its roles.
 
-    On a JSON-RPC chain every key is fresh and random unless `chain.dev_keys`: a seed-derived key is
-    anyone's who reads the scenario. With an existing registry its admin's key comes from `chain.admin_key`."""
+    On a JSON-RPC chain every key is fresh and random unless `chain.dev_keys` (a seed-derived key is
+    anyone's who reads the scenario), and kept as an encrypted keystore (KDLEDGER_KEY_PASSWORD). With an
+    existing registry its admin's key comes from `chain.admin_key`."""
     derived = dev_keys(scenario, w3)
+    password = None if derived else key_password()
+    if not derived and password is None:
+        raise ConfigError(
+            f"chain.rpc_url: a run's keys on a JSON-RPC chain are kept encrypted; set {KEY_PASSWORD_ENV} to "
+            "their password (or chain.dev_keys: true for throwaway keys)"
+        )
     labels = ["admin", "relayer", "distiller"] + [f"node-{i}" for i in range(scenario.nodes)]
     accounts = {label: derive_account(scenario.seed, label) if derived else Account.create() for label in labels}
     if scenario.chain.registry and not derived:
@@ -80,7 +87,7 @@ def provision(scenario: Scenario, w3: Web3, out_dir: Path, setup_txs: list[dict]
         accounts["admin"] = load_key(scenario.chain.admin_key)
     for label, account in accounts.items():
         if label != "admin" or not scenario.chain.registry:
-            save_key(account, out_dir / "keys" / f"{label}.json")
+            save_key(account, out_dir / "keys" / f"{label}.json", password)
     admin, relayer, distiller = accounts["admin"], accounts["relayer"], accounts["distiller"]
     nodes = [accounts[f"node-{i}"] for i in range(scenario.nodes)]
     fund(w3, [admin.address, relayer.address, distiller.address])

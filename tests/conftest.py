@@ -62,9 +62,15 @@ def deployed(request) -> Deployed:
     return Deployed(w3, registry, admin, relayer, distiller, node, other, outsider)
 
 
-def kdledger(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the CLI as a user would, in a child process."""
+KEY_PASSWORD = "a test password"
+
+
+def kdledger(*args: str, timeout: float = 600, key_password: str | None = KEY_PASSWORD) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would, in a child process (with the password of a run's encrypted keys)."""
     env = {**os.environ, "COLUMNS": "200"}
+    env.pop("KDLEDGER_KEY_PASSWORD", None)
+    if key_password is not None:
+        env["KDLEDGER_KEY_PASSWORD"] = key_password
     return subprocess.run(
         [sys.executable, "-m", "simulations.cli", *args],
         capture_output=True,

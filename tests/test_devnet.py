@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import ROOT, free_port, kdledger
+from conftest import KEY_PASSWORD, ROOT, free_port, kdledger
 from test_end_to_end import NODES, reduced_quickstart
 
 from chain.compiler import load_artifact
@@ -58,10 +58,11 @@ def test_events_by_address_in_any_case_and_only_from_a_model_registry(devnet_run
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
-def test_keys_on_an_rpc_chain_are_not_derivable_from_the_scenario(devnet_run):
+def test_keys_on_an_rpc_chain_are_not_derivable_from_the_scenario(devnet_run, monkeypatch):
     from chain.identity import derive_account, load_key
 
     _, run_dir = devnet_run
+    monkeypatch.setenv("KDLEDGER_KEY_PASSWORD", KEY_PASSWORD)
     chain = json.loads((run_dir / "chain.json").read_text())
     assert chain["keys"] == "random" and "Warning" not in (run_dir / "report.md").read_text()
     signers = {e["args"]["node"] for e in json.loads((run_dir / "events.json").read_text()) if "node" in e["args"]}
@@ -71,6 +72,45 @@ def test_keys_on_an_rpc_chain_are_not_derivable_from_the_scenario(devnet_run):
         assert key.address in signers and key.address != derive_account(seed, f"node-{i}").address
     for party in ("admin", "relayer", "distiller"):
         assert load_key(run_dir / "keys" / f"{party}.json").address != derive_account(seed, party).address
+
+
+def test_keys_on_an_rpc_chain_are_encrypted_keystores(devnet_run, monkeypatch):
+    """Web3 Secret Storage: no private key in clear, readable only with the password, a clean error otherwise."""
+    import stat
+
+    from chain.errors import ConfigError
+    from chain.identity import load_key
+
+    _, run_dir = devnet_run
+    for path in (run_dir / "keys").glob("*.json"):
+        text = path.read_text()
+        keystore = json.loads(text)
+        assert keystore["version"] == 3 and keystore["crypto"]["kdf"] == "scrypt" and "private_key" not in text
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path = run_dir / "keys" / "node-0.json"
+    monkeypatch.delenv("KDLEDGER_KEY_PASSWORD", raising=False)
+    with pytest.raises(ConfigError, match="node-0.json is encrypted: set KDLEDGER_KEY_PASSWORD"):
+        load_key(path)
+    monkeypatch.setenv("KDLEDGER_KEY_PASSWORD", "not " + KEY_PASSWORD)
+    with pytest.raises(ConfigError, match="cannot decrypt key file .*node-0.json: wrong KDLEDGER_KEY_PASSWORD"):
+        load_key(path)
+
+
+def test_a_run_on_an_rpc_chain_without_a_key_password_stops_before_anything(devnet_run, tmp_path):
+    net, _ = devnet_run
+    scenario = reduced_quickstart(tmp_path)
+    spec = yaml.safe_load(scenario.read_text())
+    spec["chain"] = {"rpc_url": net.rpc_url}
+    scenario.write_text(yaml.safe_dump(spec))
+    from web3 import Web3
+
+    w3 = Web3(Web3.HTTPProvider(net.rpc_url))
+    block = w3.eth.block_number
+    done = kdledger("run", str(scenario), "--out", str(tmp_path / "run"), key_password=None)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "set KDLEDGER_KEY_PASSWORD" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert w3.eth.block_number == block  # nothing sent
+    assert not list((tmp_path / "run").glob("keys/*.json"))  # no key written in clear
 
 
 def test_an_auditor_checks_the_student_with_web3_and_the_abi_alone(devnet_run, tmp_path):

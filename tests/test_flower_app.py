@@ -40,6 +40,7 @@ def test_flwr_run_against_a_devnet(tmp_path):
         "FLWR_TELEMETRY_ENABLED": "0",
         "RAY_USAGE_STATS_ENABLED": "0",
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "KDLEDGER_KEY_PASSWORD": "a test password",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     with Devnet(port=free_port()) as net:

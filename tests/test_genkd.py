@@ -1,6 +1,7 @@
 """GenKD's parts on tiny networks: each test checks one claim of node/dfkd/genkd.py's docstring."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -310,6 +311,44 @@ def test_genkd_steps_share_the_samples_between_node_ebms_by_their_data():
         x = syn.step(8)
         assert x.shape == (8, *SHAPE) and x.min() >= -1 and x.max() <= 1
     assert syn.made == [48, 16]  # 3:1, as the nodes' data
+
+
+def test_distiller_finetunes_the_ebm_only_when_asked():
+    """finetune: false keeps L_b on the data nodes and samples the published EBM as it is."""
+    teacher, student = nets()
+    moved = {}
+    for finetune in (True, False):
+        syn = build_synthesizer(
+            "genkd",
+            teacher,
+            copy.deepcopy(student),
+            InputSpace(SHAPE),
+            {"sgld_steps": 3, "k": 2, "batch_size": 8, "finetune": finetune},
+            seed=0,
+            device=torch.device("cpu"),
+        )
+        before = copy.deepcopy(syn.ebms[0].state_dict())
+        for _ in range(2):
+            syn.step(8)
+        moved[finetune] = any(not torch.equal(before[k], v) for k, v in syn.ebms[0].state_dict().items())
+    assert moved == {True: True, False: False}
+
+
+def test_kl_to_the_published_ebm_is_zero_at_the_start_and_pulls_back_after_a_move():
+    teacher, _ = nets()
+    moved = copy.deepcopy(teacher)
+    lang = Langevin(step=1.0, noise=0.01)
+    x, labels = torch.rand(4, *SHAPE) * 2 - 1, torch.randint(10, (4,))
+    log_prior = torch.full((10,), -math.log(10))
+    assert torch.allclose(lang.kl(moved, teacher, x, labels, log_prior), torch.zeros(4), atol=1e-6)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    kl = lang.kl(moved, teacher, x, labels, log_prior)
+    assert (kl > 0).all()
+    kl.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in moved.parameters())
+    assert all(p.grad is None for p in teacher.parameters())  # the anchor never moves
 
 
 def test_genkd_student_beats_the_noise_floor_on_digits():
