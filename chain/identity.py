@@ -164,18 +164,23 @@ def key_password() -> str | None:
     return os.environ.get(KEY_PASSWORD_ENV) or None
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file readable by its owner only (created 0600, so never readable by others meanwhile)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+
+
 def save_key(account: LocalAccount, path: Path, password: str | None = None) -> None:
     """Write a party's key file, readable by its owner only: with a password, an encrypted keystore (Web3
     Secret Storage v3, scrypt); without, the plain key (throwaway keys of the embedded chain)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     if password is None:
         content = {"address": account.address, "private_key": account.key.hex()}
     else:
         content = Account.encrypt(account.key, password, kdf="scrypt", iterations=KEYSTORE_SCRYPT_N)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(content, f)
-    os.chmod(path, 0o600)
+    write_private(path, json.dumps(content).encode())
 
 
 def load_key(path: Path) -> LocalAccount:
@@ -183,14 +188,13 @@ def load_key(path: Path) -> LocalAccount:
     KDLEDGER_KEY_PASSWORD); anything else is a ConfigError naming the file."""
     try:
         raw = Path(path).read_bytes()
-        stat = os.stat(path)
     except OSError as exc:
         raise ConfigError(f"cannot read key file {path}: {type(exc).__name__}") from None
-    return _load_key(str(path), stat.st_mtime_ns, raw, key_password())
+    return _load_key(str(path), raw, key_password())
 
 
 @functools.lru_cache(maxsize=256)
-def _load_key(path: str, _mtime: int, raw: bytes, password: str | None) -> LocalAccount:
+def _load_key(path: str, raw: bytes, password: str | None) -> LocalAccount:
     """Cached by content and password: a node reads its key for every message, and scrypt is slow by design."""
     try:
         data = bounded_json(raw, "key file")
@@ -227,4 +231,5 @@ __all__ = [
     "run_id_of",
     "save_key",
     "sign",
+    "write_private",
 ]

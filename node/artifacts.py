@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load as st_load
 
 from chain.errors import ArtifactError
+from chain.identity import write_private
 from chain.safejson import bounded_json
 from node.models import Ensemble, Teacher, build_model
 
@@ -81,11 +82,7 @@ def unseal(sealed: bytes, recipient: X25519PrivateKey, model_hash: bytes, *, own
 
 
 def save_seal_key(key: X25519PrivateKey, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
-    os.chmod(path, 0o600)
+    write_private(path, key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
 
 
 def load_seal_key(path: Path) -> X25519PrivateKey:

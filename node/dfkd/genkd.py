@@ -60,10 +60,10 @@ Where the paper is vague or wrong, the choices made here (each one tested in tes
     (1: Eq. 9 as written; 0: the unanchored finetuning). Measured (BENCHMARKS.md, validation split):
     anchored finetuning is level with none (59.83 against 60.00) at 40% fewer samples in the same
     time, so `finetune` is off by default and L_b acts where data anchors it, on the data nodes.
-12. lambda_a, L_b's share of the MLE gradient's norm on a data node, is 0.1: at 1.0 the policy
+11. lambda_a, L_b's share of the MLE gradient's norm on a data node, is 0.1: at 1.0 the policy
     gradient cost 8 points of student accuracy against GenKD(N) (60.00 against 68.42); at 0.1 it
     is level with or above it (69.12), chosen on the validation split.
-13. On the distiller, each step continues chains of one EBM; with several nodes' EBMs, each gets a
+12. On the distiller, each step continues chains of one EBM; with several nodes' EBMs, each gets a
     share of the steps in proportion to its node's data (a node with more data is a larger part of
     the population being sampled), and every sample is labelled by the teachers' ensemble.
 """
