@@ -188,6 +188,7 @@ def bench_dfkd(
     cache: Path,
     evaluate_on: str = "test",
     checkpoints: Sequence[float] = (),
+    student_share: float | None = None,
     samples_dir: Path | None = None,
     progress: Callable[[str, int, int], None] = lambda *a: None,
     on_row: Callable[[dict], None] = lambda result: None,
@@ -218,6 +219,7 @@ def bench_dfkd(
             "teacher_accuracy": teacher_acc,
             "teacher_epochs": teacher_epochs,
             "loop": loop.model_dump(),
+            "student_share": student_share,
             "seeds": seeds,
             "evaluated_on": evaluate_on,
             "train_size": len(train),
@@ -249,6 +251,7 @@ def bench_dfkd(
                         budget,
                         dev,
                         checkpoints,
+                        student_share,
                         progress,
                     )
                 )
@@ -301,6 +304,7 @@ def _one_run(
     budget,
     dev,
     checkpoints,
+    student_share,
     progress,
 ) -> dict:
     torch.manual_seed(seed)
@@ -329,6 +333,7 @@ def _one_run(
         progress=lambda stage, done, total: progress(f"{tag} {stage}", done, total),
         checkpoints=[60 * c for c in checkpoints],
         evaluate=lambda model: accuracy(model, test),
+        student_share=None if budget is None else student_share,  # the CLI asks for --minutes with it
     )
     final = result.curve[-1]["accuracy"]  # the loop scores the returned student at its end
     return {
@@ -358,7 +363,14 @@ def to_markdown(result: dict, command: str) -> str:
         f"{result['evaluated_on']} images), student {result['student']}. Student loop: up to {loop['samples']} "
         f"synthetic samples and {loop['steps']} SGD steps (lr {loop['lr']}, batch {loop['batch_size']}, T "
         f"{loop['temperature']}, augment {loop['augment']}, balanced {loop['balanced']}, EMA {loop['ema']}, "
-        f"mixup {loop.get('mixup', 0.0)}); "
+        f"mixup {loop.get('mixup', 0.0)})"
+        + (
+            f", the student trains {100 * result['student_share']:g}% of each budget's time and the method "
+            "synthesises the rest"
+            if result.get("student_share")
+            else ""
+        )
+        + "; "
         f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; accuracy on the {result['test_size']} "
         f"{result['evaluated_on']} images"
         + (" (mean and population standard deviation over the seeds)" if len(seeds) > 1 else "")

@@ -428,6 +428,12 @@ def bench_dfkd_command(
     checkpoints: str = typer.Option(
         "", "--checkpoints", help="comma list of minutes at which to also score the student along the way (first seed)"
     ),
+    student_share: Optional[float] = typer.Option(
+        None,
+        "--student-share",
+        help="with --minutes: the share of the time the student trains, the method synthesising the rest "
+        "(instead of the loop's steps-to-samples ratio); the bank stops at --loop samples",
+    ),
     evaluate_on: str = typer.Option(
         "test",
         "--evaluate-on",
@@ -446,6 +452,8 @@ def bench_dfkd_command(
     loop = student_loop(loop_settings)
     if evaluate_on not in ("test", "validation"):
         raise typer.BadParameter("--evaluate-on: test or validation")
+    if student_share is not None and not (minutes.strip() and 0 < student_share < 1):
+        raise typer.BadParameter("--student-share: a number between 0 and 1, with --minutes (it splits a budget)")
     if (out / "bench.json").exists():
         from chain.errors import ConfigError
 
@@ -483,6 +491,7 @@ def bench_dfkd_command(
                 cache=cache,
                 evaluate_on=evaluate_on,
                 checkpoints=numbers(checkpoints),
+                student_share=student_share,
                 samples_dir=out / "samples",
                 progress=progress,
                 on_row=write,

@@ -68,11 +68,13 @@ def test_tiny_bench_on_digits_writes_markdown_and_json(tmp_path):
     assert (tmp_path / "out" / "bench.json").read_bytes() == before
     bad = kdledger("bench", "dfkd", "--dataset", "digits", "--loop", "stepz=3", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "--loop stepz" in bad.stderr and "Traceback" not in bad.stderr
+    unpaced = kdledger("bench", "dfkd", "--dataset", "digits", "--student-share", "0.5", "--out", str(tmp_path / "sh"))
+    assert unpaced.returncode == 2 and "--student-share" in unpaced.stderr and "Traceback" not in unpaced.stderr
 
 
 def test_bench_keeps_each_row_as_it_finishes_and_a_budget_follows_the_clock(tmp_path):
     from node.dfkd import StudentLoop
-    from simulations.bench import bench_dfkd
+    from simulations.bench import bench_dfkd, to_markdown
 
     seen = []
     final = bench_dfkd(
@@ -108,6 +110,23 @@ def test_bench_keeps_each_row_as_it_finishes_and_a_budget_follows_the_clock(tmp_
     )
     row = timed["rows"][0]
     assert row["budget_min"] == 0.02 and row["samples"] < 10**6 and timed["evaluated_on"] == "validation"
+    shared = bench_dfkd(
+        dataset="digits",
+        data_path=None,
+        teacher_name="digits-cnn",
+        student_name="digits-cnn-half",
+        methods=["kd"],
+        loop=StudentLoop(samples=256, steps=10**6, batch_size=32),
+        teacher_epochs=1,
+        seeds=[0],
+        minutes=[0.02],
+        device="cpu",
+        cache=tmp_path,
+        student_share=0.5,
+    )
+    row = shared["rows"][0]  # real images are cheap: the bank fills at once and the student has the rest
+    assert row["samples"] == 256 and row["training_s"] > row["synthesis_s"] and row["student_steps"] > 8
+    assert "the student trains 50% of each budget's time" in to_markdown(shared, "cmd")
 
 
 def test_kd_is_refused_in_a_scenario(tmp_path):

@@ -2,6 +2,7 @@
 method through the registry with one teacher and with an ensemble."""
 
 import copy
+import time
 
 import pytest
 import torch
@@ -76,9 +77,12 @@ def test_bank_keeps_everything_and_balanced_draws_even_out_the_teachers_classes(
     share_of_ones = bank.sample(4000, g, balanced=True).mean().item()
     assert 0.45 < share_of_ones < 0.55  # 10% of the bank, half the draws
     assert bank.sample(4000, g, balanced=False).mean().item() < 0.15
-    capped = MemoryBank(capacity=50)
-    capped.add(torch.arange(80.0)[:, None], torch.zeros(80, dtype=torch.long))
-    assert len(capped) == 50 and capped.x.min() == 30  # the oldest go first
+    grown = MemoryBank()
+    for start in range(0, 1000, 7):  # many small batches: storage doubles, order and labels are kept
+        stop = min(start + 7, 1000)
+        grown.add(torch.arange(start, stop, dtype=torch.float)[:, None], torch.arange(start, stop) % 3)
+    assert torch.equal(grown.x[:, 0], torch.arange(1000.0)) and torch.equal(grown.labels, torch.arange(1000) % 3)
+    assert grown.class_counts(3) == [334, 333, 333]
 
 
 def test_augmentation_shifts_and_mirrors_only_where_allowed_and_passes_gradients():
@@ -306,3 +310,34 @@ def test_a_time_budget_stops_the_run_and_the_curve_records_it():
     assert result.curve[-1]["seconds"] >= 1.0 and len(calls) == len(result.curve) <= 2
     assert [c["seconds"] for c in result.curve] == sorted(c["seconds"] for c in result.curve)
     assert result.cpu_s > 0
+
+
+def test_a_student_share_splits_the_clock_and_a_full_bank_leaves_the_rest_to_the_student():
+    teacher, student = nets()
+    noise = type(build_synthesizer("noise", teacher, student, DIGITS, {}, seed=0, device=CPU))
+
+    class Slow(noise):  # a synthesiser whose batches cost time, as an inversion's do
+        def step(self, n):
+            time.sleep(0.02)
+            return super().step(n)
+
+    loop = StudentLoop(samples=10**6, steps=10**7, batch_size=16)
+    paced = distill(
+        Slow(teacher, student, DIGITS, {"batch_size": 8}, seed=0, device=CPU),
+        loop,
+        seed=0,
+        budget_s=1.0,
+        student_share=0.5,
+    )
+    assert 0.35 < paced.training_s / (paced.training_s + paced.synthesis_s) < 0.65
+    teacher, student = nets()
+    full = distill(
+        Slow(teacher, student, DIGITS, {"batch_size": 8}, seed=0, device=CPU),
+        loop.model_copy(update={"samples": 80}),
+        seed=0,
+        budget_s=1.0,
+        student_share=0.5,
+    )
+    assert len(full.transfer) == 80 and full.training_s > 2 * full.synthesis_s  # ten batches, then the student
+    with pytest.raises(MethodError, match="needs one"):
+        distill(Slow(teacher, student, DIGITS, {}, seed=0, device=CPU), loop, seed=0, student_share=0.5)

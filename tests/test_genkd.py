@@ -68,6 +68,24 @@ def test_replay_buffer_reinitialises_a_fraction_near_mu():
     assert 0.04 < fresh < 0.06
 
 
+def test_burn_in_banks_only_chains_that_have_taken_enough_steps(monkeypatch):
+    teacher, student = nets()
+    options = {"sgld_steps": 2, "burn_in": 6, "batch_size": 16, "buffer_size": 16, "reinit": 0.0}
+    syn = build_synthesizer("genkd", teacher, student, InputSpace(SHAPE), options, seed=0, device=torch.device("cpu"))
+    syn.use_node_models([{}], [1.0])  # the teacher is its own EBM
+    chained, chain = [], type(syn.langevin).chain
+    monkeypatch.setattr(
+        type(syn.langevin), "chain", lambda self, ebm, x, *rest: chained.append(len(x)) or chain(self, ebm, x, *rest)
+    )
+    first = syn.step(16)
+    assert chained == [16, 16, 16]  # 2 + 2 + 2 SGLD steps reach the burn-in of 6 before the batch is banked
+    assert (syn._state(0)[1].age == 6).all()
+    chained.clear()
+    syn.step(16)  # the same chains (none restarts, reinit 0), now past burn-in: one segment
+    assert chained == [16] and (syn._state(0)[1].age == 8).all()
+    assert first.min() >= -1 and first.max() <= 1
+
+
 def test_buffer_samples_distinct_chains_and_synthesis_repeats_exactly():
     teacher, student = nets()
     buf = ReplayBuffer(100, SHAPE, LabelPrior(teacher.head[-1].weight), gen())

@@ -5,6 +5,9 @@ early samples keep teaching and the student does not chase the synthesiser. The 
 which class the teacher gave each sample when it came in, so that a student batch can be drawn
 class-balanced: a synthesiser rarely hits every class equally, and an unbalanced transfer set
 teaches an unbalanced student.
+
+Storage grows by doubling, so adding a batch costs the batch, not a copy of the whole bank (a cheap
+synthesiser adds thousands of batches in a run).
 """
 
 from __future__ import annotations
@@ -13,32 +16,53 @@ import torch
 
 
 class MemoryBank:
-    def __init__(self, capacity: int | None = None):
-        self.capacity = capacity
-        self.x: torch.Tensor | None = None
-        self.labels: torch.Tensor | None = None
+    def __init__(self) -> None:
+        self._x: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None
+        self.size = 0
+        self._weights: torch.Tensor | None = None  # balanced-draw weights, until the bank changes
+
+    @property
+    def x(self) -> torch.Tensor | None:
+        return None if self._x is None else self._x[: self.size]
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        return None if self._labels is None else self._labels[: self.size]
 
     def __len__(self) -> int:
-        return 0 if self.x is None else len(self.x)
+        return self.size
 
     def add(self, x: torch.Tensor, labels: torch.Tensor) -> None:
-        """Append a batch and the teacher's classes for it; past `capacity`, the oldest samples go."""
+        """Append a batch and the teacher's classes for it."""
         x, labels = x.detach(), labels.detach()
-        self.x = x if self.x is None else torch.cat([self.x, x])
-        self.labels = labels if self.labels is None else torch.cat([self.labels, labels])
-        if self.capacity is not None and len(self.x) > self.capacity:
-            self.x, self.labels = self.x[-self.capacity :], self.labels[-self.capacity :]
+        self._weights = None
+        if self._x is None or self._labels is None:
+            self._x, self._labels = x.clone(), labels.clone()
+            self.size = len(x)
+            return
+        need = self.size + len(x)
+        if need > len(self._x):
+            grown = max(need, 2 * len(self._x))
+            self._x = torch.cat([self._x[: self.size], self._x.new_empty((grown - self.size, *x.shape[1:]))])
+            self._labels = torch.cat([self._labels[: self.size], self._labels.new_empty(grown - self.size)])
+        self._x[self.size : need] = x
+        self._labels[self.size : need] = labels
+        self.size = need
 
     def sample(self, n: int, generator: torch.Generator, *, balanced: bool) -> torch.Tensor:
         """n samples with replacement: uniformly, or with every class (as the teacher sees it) equally likely."""
-        assert self.x is not None and self.labels is not None, "sample() from an empty bank"
+        x, labels = self.x, self.labels
+        assert x is not None and labels is not None and self.size, "sample() from an empty bank"
         if balanced:
-            counts = torch.bincount(self.labels.cpu())
-            weights = (1.0 / counts.clamp_min(1).float())[self.labels.cpu()]
-            idx = torch.multinomial(weights, n, replacement=True, generator=generator)
+            if self._weights is None:
+                held = labels.cpu()
+                self._weights = (1.0 / torch.bincount(held).clamp_min(1).float())[held]
+            idx = torch.multinomial(self._weights, n, replacement=True, generator=generator)
         else:
-            idx = torch.randint(len(self.x), (n,), generator=generator)
-        return self.x[idx.to(self.x.device)]
+            idx = torch.randint(self.size, (n,), generator=generator)
+        return x[idx.to(x.device)]
 
     def class_counts(self, num_classes: int) -> list[int]:
-        return [] if self.labels is None else torch.bincount(self.labels.cpu(), minlength=num_classes).tolist()
+        labels = self.labels
+        return [] if labels is None else torch.bincount(labels.cpu(), minlength=num_classes).tolist()

@@ -11,6 +11,14 @@ optionally an exponential moving average of the student's weights is what comes 
 With `budget_s`, the run stops when that much wall-clock time has gone and the schedule follows
 elapsed time instead of steps: that is how "accuracy after N minutes" is measured. Without it, a
 run is a fixed number of steps and repeats exactly for a seed.
+
+Under a budget, the loop's steps-to-samples ratio decides how the clock is split between the method
+and the student, and one ratio cannot suit every method: a pixel inversion spends a second on a
+batch, a sampler or a generator step a few milliseconds, so a ratio that suits the first leaves the
+second with a bank of a few thousand inputs (and DAFL's generator with a few dozen updates).
+`student_share` splits the clock itself instead: after each batch the student trains until it has
+had that share of the time so far, so every method gets the same seconds of student training and
+spends the rest making as many inputs as its cost allows.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from torch import nn
 
 from node.dfkd.augment import Augment
 from node.dfkd.bank import MemoryBank
-from node.dfkd.base import Synthesizer
+from node.dfkd.base import MethodError, Synthesizer
 from node.dfkd.sampling import seeded_beta
 
 
@@ -36,8 +44,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        from node.dfkd.base import MethodError
-
         raise MethodError("distill.device is 'cuda' but torch sees no CUDA device")
     return torch.device(device)
 
@@ -128,9 +134,16 @@ def distill(
     progress: Callable[[str, int, int], None] | None = None,
     checkpoints: Sequence[float] = (),
     evaluate: Callable[[nn.Module], float] | None = None,
+    student_share: float | None = None,
 ) -> DistillResult:
     """Distil `synthesizer.teacher` into `synthesizer.student`; `evaluate` is called at `checkpoints` (seconds
-    of distillation, the evaluation itself not counted) for a curve of accuracy against time."""
+    of distillation, the evaluation itself not counted) for a curve of accuracy against time. With a budget,
+    `student_share` (0 to 1) paces the run by time rather than by the loop's steps-to-samples ratio, and once
+    the bank holds `loop.samples` inputs the student has the rest of the budget."""
+    if student_share is not None and not budget_s:
+        raise MethodError("student_share splits a wall-clock budget; it needs one (kdledger bench dfkd --minutes)")
+    if student_share is not None and not 0 < student_share < 1:
+        raise MethodError(f"student_share: {student_share} is not between 0 and 1")
     teacher, student = synthesizer.teacher, synthesizer.student
     rounds = math.ceil(loop.samples / synthesizer.batch_size)
     warm = min(int(loop.warmup * rounds), rounds - 1)
@@ -148,6 +161,53 @@ def distill(
     def elapsed() -> float:
         return time.perf_counter() - wall0 - paused
 
+    def trained_s(since: float, paused_then: float) -> float:
+        """Student seconds so far, this round's (from `since`, evaluations left out) included."""
+        return result.training_s + time.perf_counter() - since - (paused - paused_then)
+
+    def out_of_time() -> bool:
+        return budget_s is not None and elapsed() >= budget_s
+
+    def score(final: bool) -> None:
+        """Evaluate at every checkpoint that has come (and at the end), the evaluation's own time not counted."""
+        nonlocal paused, paused_cpu, pending
+        while evaluate and ((pending and elapsed() >= pending[0]) or final):
+            e0, c0 = time.perf_counter(), time.process_time()
+            result.curve.append(
+                {
+                    "seconds": elapsed(),
+                    "cpu_s": time.process_time() - cpu0 - paused_cpu,
+                    "steps": result.student_steps,
+                    "samples": len(bank),
+                    "accuracy": evaluate(averaged.model if averaged else student),
+                }
+            )
+            paused += time.perf_counter() - e0
+            paused_cpu += time.process_time() - c0
+            pending = [p for p in pending if p > result.curve[-1]["seconds"]]
+            if final:
+                break
+
+    def student_step() -> float:
+        done = result.student_steps / loop.steps
+        if budget_s:
+            done = max(done, elapsed() / budget_s)
+        for group in opt.param_groups:
+            group["lr"] = loop.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+        batch = augment(bank.sample(loop.batch_size, gen, balanced=loop.balanced))
+        if loop.mixup:
+            batch = mix(batch, loop.mixup, gen)
+        with torch.no_grad():
+            target = teacher(batch)
+        loss = synthesizer.student_loss(student(batch), target, loop.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if averaged:
+            averaged.update(student)
+        result.student_steps += 1
+        return loss.item()
+
     with frozen(teacher):
         student.eval()
         for r in range(rounds):
@@ -156,57 +216,30 @@ def distill(
             x = synthesizer.step(n).detach()
             with torch.no_grad():
                 bank.add(x, teacher(x).argmax(1))
-            t1 = time.perf_counter()
+            t1, mark = time.perf_counter(), paused
             result.synthesis_s += t1 - t0
             if r >= warm:
-                goal = loop.steps * (r + 1 - warm) // (rounds - warm)
-                total, count = 0.0, 0
+                paced = student_share is not None and r < rounds - 1
+                goal = loop.steps if student_share else loop.steps * (r + 1 - warm) // (rounds - warm)
+                losses = []
                 student.train()
-                while result.student_steps < goal:
-                    done = result.student_steps / loop.steps
-                    if budget_s:
-                        done = max(done, elapsed() / budget_s)
-                    for group in opt.param_groups:
-                        group["lr"] = loop.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
-                    batch = augment(bank.sample(loop.batch_size, gen, balanced=loop.balanced))
-                    if loop.mixup:
-                        batch = mix(batch, loop.mixup, gen)
-                    with torch.no_grad():
-                        target = teacher(batch)
-                    loss = synthesizer.student_loss(student(batch), target, loop.temperature)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if averaged:
-                        averaged.update(student)
-                    result.student_steps += 1
-                    total, count = total + loss.item(), count + 1
+                while result.student_steps < goal and not out_of_time():
+                    if paced and trained_s(t1, mark) >= student_share * elapsed():  # type: ignore[operator]
+                        break
+                    losses.append(student_step())
+                    if pending:
+                        student.eval()
+                        score(final=False)
+                        student.train()
                 student.eval()
-                if count:
-                    result.losses.append(total / count)
-            result.training_s += time.perf_counter() - t1
+                if losses:
+                    result.losses.append(sum(losses) / len(losses))
+            result.training_s = trained_s(t1, mark)
             if progress:
                 progress("distill", r + 1, rounds)
-            out_of_time = budget_s is not None and elapsed() >= budget_s
-            last = out_of_time or r == rounds - 1
-            while evaluate and ((pending and elapsed() >= pending[0]) or last):
-                e0, c0 = time.perf_counter(), time.process_time()
-                model = averaged.model if averaged else student
-                result.curve.append(
-                    {
-                        "seconds": elapsed(),
-                        "cpu_s": time.process_time() - cpu0 - paused_cpu,
-                        "steps": result.student_steps,
-                        "samples": len(bank),
-                        "accuracy": evaluate(model),
-                    }
-                )
-                paused += time.perf_counter() - e0
-                paused_cpu += time.process_time() - c0
-                pending = [p for p in pending if p > result.curve[-1]["seconds"]]
-                if last:
-                    break
-            if out_of_time:
+            stop = out_of_time() or r == rounds - 1
+            score(final=stop)
+            if stop:
                 break
     synthesizer.close()
     result.cpu_s = time.process_time() - cpu0 - paused_cpu

@@ -66,6 +66,14 @@ Where the paper is vague or wrong, the choices made here (each one tested in tes
 12. On the distiller, each step continues chains of one EBM; with several nodes' EBMs, each gets a
     share of the steps in proportion to its node's data (a node with more data is a larger part of
     the population being sampled), and every sample is labelled by the teachers' ensemble.
+13. Burn-in on the distiller. The nodes' replay buffers hold their data's likeness and are never
+    published, so the distiller's chains start from uniform noise; JEM's 20 steps from a buffer are
+    short-run sampling from chains that are already mixed, and from noise they are not: with a
+    10 000-chain buffer most banked states were 20 steps out of noise. A chain's state goes to the
+    bank only once the chain has taken `burn_in` steps since it started (100 chosen on the
+    validation split at 2 minutes: 74.03% against 67.46 for none and 70.80 for 200, which makes too
+    few samples; BENCHMARKS.md). A smaller buffer instead (1 000 chains, each visited more often)
+    was worse (58.24): fewer distinct chains, a less diverse bank.
 """
 
 from __future__ import annotations
@@ -94,6 +102,12 @@ class GenKDOptions(Options):
         "decoupled", description="'paper': Eq. 12 with step = sigma^2 / 2 and noise = sigma = `noise`"
     )
     buffer_size: int = Field(10_000, ge=1, description="replay buffer (persistent chains), per EBM")
+    burn_in: int = Field(
+        100,
+        ge=0,
+        description="distiller: SGLD steps a chain must have taken since it started from noise before its state "
+        "goes to the bank (MCMC burn-in); 0: every state",
+    )
     reinit: float = Field(0.05, ge=0, le=1, description="mu: chance that a chain restarts from U(-1, 1)")
     k: int = Field(5, ge=1, description="K: consecutive Langevin steps in the policy gradient")
     t_policy: Literal["uniform", "last"] = Field("uniform", description="where the K steps start")
@@ -149,7 +163,8 @@ class LabelPrior:
 
 
 class ReplayBuffer:
-    """Persistent SGLD chains with the labels they were drawn for; U(-1, 1) at the start."""
+    """Persistent SGLD chains with the labels they were drawn for and their age in SGLD steps; U(-1, 1) at the
+    start."""
 
     def __init__(
         self,
@@ -163,6 +178,7 @@ class ReplayBuffer:
         self.shape, self.prior, self.generator, self.low, self.high = shape, prior, generator, low, high
         self.x = self._uniform(size)
         self.labels, self.soft = prior.sample(size, generator)
+        self.age = torch.zeros(size, dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -171,7 +187,8 @@ class ReplayBuffer:
         return self.low + (self.high - self.low) * torch.rand((n, *self.shape), generator=self.generator)
 
     def sample(self, n: int, reinit: float):
-        """n distinct chains to continue; each restarts from U(-1, 1) with a fresh label with chance `reinit`.
+        """n distinct chains to continue (index, state, label, soft label, restarted?, age); each restarts from
+        U(-1, 1) with a fresh label and age 0 with chance `reinit`.
 
         Distinct, so that writing them back is well defined: with repeated indices, which copy lands
         in the buffer would depend on thread scheduling, and runs would not repeat.
@@ -184,10 +201,13 @@ class ReplayBuffer:
             m = int(fresh.sum())
             x[fresh] = self._uniform(m)
             labels[fresh], soft[fresh] = self.prior.sample(m, self.generator)
-        return idx, x, labels, soft, fresh
+        return idx, x, labels, soft, fresh, torch.where(fresh, 0, self.age[idx])
 
-    def update(self, idx: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor) -> None:
+    def update(
+        self, idx: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor, age: torch.Tensor
+    ) -> None:
         self.x[idx], self.labels[idx], self.soft[idx] = x.detach().cpu(), labels.cpu(), soft.cpu()
+        self.age[idx] = age.cpu()
 
 
 def energy(ebm: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, log_prior: torch.Tensor) -> torch.Tensor:
@@ -412,7 +432,7 @@ def train_ebm(
     history: dict[str, list[float]] = {"l_a": [], "l_cls": [], "l_b": [], "pg_scale": []}
     for it in range(o.node_iterations):
         batch = torch.randint(len(y), (o.batch_size,), generator=gen)
-        idx, x0, labels, soft, _ = buffer.sample(o.batch_size, o.reinit)
+        idx, x0, labels, soft, _, age = buffer.sample(o.batch_size, o.reinit)
         x0, labels, soft = x0.to(device), labels.to(device), soft.to(device)
         states = langevin.chain(ebm, x0, labels if o.conditional else None, prior.log_marginal, o.sgld_steps, gen)
         batch = batch.to(x.device)
@@ -434,7 +454,7 @@ def train_ebm(
         opt.zero_grad(set_to_none=True)
         scale = balanced_backward(params, losses.l_a + o.lambda_cls * losses.l_cls, losses.l_b, o.lambda_a)
         opt.step()
-        buffer.update(idx, states[-1], labels, soft)
+        buffer.update(idx, states[-1], labels, soft, age + o.sgld_steps)
         _student_step(student, teacher, student_opt, states[-1], o.kd_temperature)
         for name in ("l_a", "l_cls", "l_b"):
             history[name].append(getattr(losses, name).item())
@@ -514,10 +534,11 @@ class GenKD(Synthesizer):
         i = self._next_ebm()
         ebm, (opt, buffer) = self.ebms[i], self._state(i)
         log_prior = self.prior.log_marginal.to(self.device)
-        idx, x0, labels, soft, _ = buffer.sample(n, o.reinit)
+        idx, x0, labels, soft, _, age = buffer.sample(n, o.reinit)
         x0, labels, soft = x0.to(self.device), labels.to(self.device), soft.to(self.device)
         cond = labels if o.conditional else None
         states = self.langevin.chain(ebm, x0, cond, log_prior, o.sgld_steps, self.generator)
+        age = age.to(self.device) + o.sgld_steps
         if o.policy_gradient and o.finetune:  # no data here: L_b against the teacher, the student and the prior
             reward_fn = lambda x: downstream_loss(  # noqa: E731
                 self.teacher,
@@ -542,6 +563,12 @@ class GenKD(Synthesizer):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        buffer.update(idx, states[-1], labels, soft)
+        x = states[-1].detach()
+        while (young := age < o.burn_in).any():  # burn-in: only chains that have mixed go to the bank
+            more = self.langevin.chain(
+                ebm, x[young], cond[young] if cond is not None else None, log_prior, o.sgld_steps, self.generator
+            )
+            x[young], age[young] = more[-1], age[young] + o.sgld_steps
+        buffer.update(idx, x, labels, soft, age)
         self.made[i] += len(idx)
-        return states[-1]
+        return x
