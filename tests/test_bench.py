@@ -73,56 +73,42 @@ def test_tiny_bench_on_digits_writes_markdown_and_json(tmp_path):
 
 
 def test_bench_keeps_each_row_as_it_finishes_and_a_budget_follows_the_clock(tmp_path):
+    from functools import partial
+
     from node.dfkd import StudentLoop
     from simulations.bench import bench_dfkd, to_markdown
 
-    seen = []
-    final = bench_dfkd(
+    tiny = partial(  # the digits teacher is trained once and cached in tmp_path
+        bench_dfkd,
         dataset="digits",
         data_path=None,
         teacher_name="digits-cnn",
         student_name="digits-cnn-half",
-        methods=["noise", "kd"],
-        loop=StudentLoop(samples=64, steps=10, batch_size=32),
         teacher_epochs=1,
         seeds=[0],
-        minutes=[None],
         device="cpu",
         cache=tmp_path,
+    )
+    seen = []
+    final = tiny(
+        methods=["noise", "kd"],
+        loop=StudentLoop(samples=64, steps=10, batch_size=32),
+        minutes=[None],
         on_row=seen.append,
     )
     assert [len(r["rows"]) for r in seen] == [1, 2] and [r["pending_rows"] for r in seen] == [1, 0]
     assert seen[0]["rows"][0]["gap_to_kd"] is None  # kd has not run yet when noise's row is written
     assert final["rows"] == seen[-1]["rows"]
-    timed = bench_dfkd(
-        dataset="digits",
-        data_path=None,
-        teacher_name="digits-cnn",
-        student_name="digits-cnn-half",
+    timed = tiny(
         methods=["noise"],
         loop=StudentLoop(samples=10**6, steps=10**6, batch_size=32),
-        teacher_epochs=1,
-        seeds=[0],
         minutes=[0.02],
-        device="cpu",
-        cache=tmp_path,
         evaluate_on="validation",
     )
     row = timed["rows"][0]
     assert row["budget_min"] == 0.02 and row["samples"] < 10**6 and timed["evaluated_on"] == "validation"
-    shared = bench_dfkd(
-        dataset="digits",
-        data_path=None,
-        teacher_name="digits-cnn",
-        student_name="digits-cnn-half",
-        methods=["kd"],
-        loop=StudentLoop(samples=256, steps=10**6, batch_size=32),
-        teacher_epochs=1,
-        seeds=[0],
-        minutes=[0.02],
-        device="cpu",
-        cache=tmp_path,
-        student_share=0.5,
+    shared = tiny(
+        methods=["kd"], loop=StudentLoop(samples=256, steps=10**6, batch_size=32), minutes=[0.02], student_share=0.5
     )
     row = shared["rows"][0]  # real images are cheap: the bank fills at once and the student has the rest
     assert row["samples"] == 256 and row["training_s"] > row["synthesis_s"] and row["student_steps"] > 8

@@ -38,9 +38,7 @@ class MemoryBank:
         x, labels = x.detach(), labels.detach()
         self._weights = None
         if self._x is None or self._labels is None:
-            self._x, self._labels = x.clone(), labels.clone()
-            self.size = len(x)
-            return
+            self._x, self._labels = x.new_empty((0, *x.shape[1:])), labels.new_empty(0)
         need = self.size + len(x)
         if need > len(self._x):
             grown = max(need, 2 * len(self._x))
