@@ -6,7 +6,10 @@
 - evaluate: measure the models I am sent on my private test split and sign what I measured.
 
 The node's key is its own: from the node config's `key-file` (deployment), or, in a simulation,
-the key file the runner provisioned for this partition.
+the key file the runner provisioned for this partition. On a JSON-RPC chain the node reads the chain
+itself (the node config's `rpc-url`, else the run's) to check that every file it is asked to measure is
+registered before it parses a byte of it; the embedded chain lives inside the coordinator's process, so
+there a node can only hash what it measures and sign that hash.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from chain.backends import connect
+from chain.errors import ArtifactError
 from chain.identity import KIND_BY_NAME, Attestation, Publication, load_key, sign
 from chain.provenance import uri_of
+from chain.registry import Registry
 from node.artifacts import Expected, deserialize, seal, serialize, sha256
 from node.config import DataConfig
 from node.data import Split, node_splits, spec_of
@@ -59,10 +65,27 @@ class DataNode:
         self.num_partitions = int(context.node_config["num-partitions"])
         key_file = context.node_config.get("key-file") or Path(task.keys_dir) / f"node-{self.partition_id}.json"
         self.account = load_key(Path(str(key_file)))
+        self.rpc_url = str(context.node_config.get("rpc-url") or task.rpc_url)
 
     @property
     def splits(self) -> tuple[Split, Split]:
         return _splits(self.task.data, self.partition_id, self.num_partitions, self.task.seed)
+
+
+@functools.lru_cache(maxsize=2)
+def _registry(rpc_url: str, contract: str, chain_id: int) -> Registry:
+    registry = Registry(connect(rpc_url), contract)
+    if registry.w3.eth.chain_id != chain_id:
+        raise ArtifactError(f"the chain at {rpc_url} is chain {registry.w3.eth.chain_id}, the run's is {chain_id}")
+    return registry
+
+
+def check_registered(registry: Registry, model_hash: bytes, sender: str) -> None:
+    """Refuse a file whose hash the registry does not hold: a node measures and signs only registered models."""
+    if not registry.model(model_hash).registered:
+        raise ArtifactError(
+            f"0x{model_hash.hex()} from {sender} is not registered at {registry.address}: refused before parsing"
+        )
 
 
 def label_counts(split: Split, num_classes: int) -> list[int]:
@@ -174,10 +197,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     archs = (node.task.teacher.model, node.task.distill.student)
     expected = Expected(archs, spec.input_shape, spec.num_classes, max_members=node.num_partitions)
     to_attest, nonce, deadline = node.task.attest, node.task.nonce, node.task.deadline
+    registry = _registry(node.rpc_url, node.task.contract, node.task.chain_id) if node.rpc_url else None
     hashes, bps, signatures = [], [], []
     for name in models.keys():
         blob = array_to_blob(models[name])
         model_hash = sha256(blob)  # the node signs what it measured, not what it was told
+        if registry is not None:
+            check_registered(registry, model_hash, "the coordinator")
         acc = accuracy(deserialize(blob, model_hash, expected, owner="the coordinator"), test_split)
         hashes.append(model_hash)
         bps.append(round(acc * 10_000))

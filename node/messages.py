@@ -23,6 +23,7 @@ its JSON. A reply that lacks a record or a key, or carries a value of the wrong 
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -131,6 +132,7 @@ class Task(Record):
     seal_to: bytes  # the distiller's X25519 public key when files travel sealed, else empty
     chain_id: int
     contract: str
+    rpc_url: str = ""  # the chain's JSON-RPC endpoint; empty for the embedded chain, which nodes cannot reach
     nonce: int = 0
     deadline: int = 0
     round: int = 0  # 0: the one-shot round; fedavg rounds count from 1
@@ -213,3 +215,18 @@ def published_arrays(content: RecordDict, kind: str, sender: str) -> ArrayRecord
 def sealed_blob(arrays: ArrayRecord) -> bytes | None:
     """The ciphertext of a sealed file, or None when the arrays are plain weights."""
     return array_to_blob(arrays[SEALED]) if SEALED in arrays else None
+
+
+_FLOWER_WRAPPING = re.compile(r"^<class '[\w.]+'>:<'|'>$")
+
+
+def remote_reason(reason: str | None, limit: int = 300) -> str:
+    """One line from the reason Flower gives for a node's error reply: the node's own message, without the
+    wrappers Flower adds (`<class '...ClientAppException'>:<'\\nException ClientAppException occurred.
+    Message: ...'>`) and bounded, since a node chooses what it says."""
+    text = _FLOWER_WRAPPING.sub("", (reason or "").strip()).strip()
+    if "Message: " in text:
+        text = text.rsplit("Message: ", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[-1] if lines else "an error with no reason"
+    return line if len(line) <= limit else line[: limit - 1] + "…"

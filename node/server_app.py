@@ -37,7 +37,7 @@ from node.artifacts import ArtifactStore, Expected, serialize, sha256
 from node.config import DataConfig, DistillConfig, FaultConfig, FederationConfig, TeacherConfig, config_digest
 from node.data import spec_of
 from node.distiller import distill_student
-from node.messages import MODELS, Identity, Measurements, MessageError, Task, blob_to_array
+from node.messages import MODELS, Identity, Measurements, MessageError, Task, blob_to_array, remote_reason
 from node.models import Ensemble, Teacher, build_model
 from node.strategy import registering_strategy
 
@@ -98,6 +98,7 @@ class Coordinator:
     teacher: TeacherConfig
     distill: DistillConfig
     keys_dir: Path
+    rpc_url: str = ""  # where nodes read the chain themselves; empty on the embedded chain
     federation: FederationConfig = field(default_factory=FederationConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     progress: Callable[[str, int, int], None] = lambda phase, done, total: None
@@ -133,7 +134,7 @@ class Coordinator:
         self.progress("identify", len(replies), len(node_ids))
         for nid, reply in sorted(replies.items(), key=lambda kv: kv[0]):
             if reply.has_error():
-                log.warning("node %s did not identify itself: %s", nid, reply.error.reason)
+                log.warning("node %s did not identify itself: %s", nid, remote_reason(reply.error.reason))
                 continue
             try:
                 ident = Identity.read(reply.content, f"node {nid}")
@@ -295,6 +296,7 @@ class Coordinator:
             seal_to=self.seal_to,
             chain_id=self.registry.domain().chain_id,
             contract=self.registry.address,
+            rpc_url=self.rpc_url,
             **extra,
         )
 
@@ -310,7 +312,7 @@ class Coordinator:
     def failed(self, record: NodeRecord, reply: Message | None, phase: str) -> bool:
         """Whether the node's reply is missing or an error; if so the node is marked failed and drops out."""
         if reply is None or reply.has_error():
-            reason = "no reply" if reply is None else (reply.error.reason or "an error").strip().splitlines()[-1]
+            reason = "no reply" if reply is None else remote_reason(reply.error.reason)
             record.error = f"{phase}: {reason}"
             log.warning("node %s failed in %s: %s", record.address, phase, reason)
             return True

@@ -151,6 +151,7 @@ def prepare_run(scenario: Scenario, out: Path | None = None, *, progress=None, a
         teacher=scenario.teacher,
         distill=scenario.distill,
         keys_dir=(out_dir / "keys").resolve(),
+        rpc_url=scenario.chain.rpc_url or "",
         federation=scenario.federation,
         faults=scenario.faults,
         audit=audit,

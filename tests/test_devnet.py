@@ -259,3 +259,19 @@ def test_unreachable_chain_is_one_line(tmp_path):
     assert "unreachable" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) <= 2
     assert not (tmp_path / "run").exists()
+
+
+def test_a_data_node_refuses_to_measure_a_file_the_chain_does_not_hold(devnet_run):
+    from chain.errors import ArtifactError
+    from node.client_app import _registry, check_registered
+
+    net, run_dir = devnet_run
+    chain = json.loads((run_dir / "chain.json").read_text())
+    student = bytes.fromhex(json.loads((run_dir / "metrics.json").read_text())["student_hash"][2:])
+    registry = _registry(net.rpc_url, chain["contract"], chain["chain_id"])
+    check_registered(registry, student, "the coordinator")  # what every node of the run checked, and passed
+    stranger = hashlib.sha256(b"never registered").digest()
+    with pytest.raises(ArtifactError, match=f"0x{stranger.hex()} from the coordinator is not registered at"):
+        check_registered(registry, stranger, "the coordinator")
+    with pytest.raises(ArtifactError, match="the run's is 1"):
+        _registry(net.rpc_url, chain["contract"], 1)

@@ -14,6 +14,7 @@ from node.messages import (
     array_to_blob,
     blob_to_array,
     published_arrays,
+    remote_reason,
     sealed_blob,
 )
 
@@ -104,3 +105,13 @@ def test_files_travel_as_bytes_and_sealed_files_are_told_apart():
     assert array_to_blob(blob_to_array(blob)) == blob
     assert sealed_blob(ArrayRecord({"sealed": blob_to_array(blob)})) == blob
     assert sealed_blob(ArrayRecord({"w": blob_to_array(blob)})) is None
+
+
+def test_a_node_error_is_reported_as_one_bounded_line_in_the_nodes_own_words():
+    flower = "<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException occurred. "
+    flower += "Message: "
+    assert remote_reason(flower + "partition 3: cifar file refused'>") == "partition 3: cifar file refused"
+    assert remote_reason("Traceback (most recent call last):\n  File x\nDataError: bad file\n") == "DataError: bad file"
+    assert remote_reason(None) == remote_reason("  ") == "an error with no reason"
+    long = remote_reason("x" * 10_000)
+    assert len(long) == 300 and long.endswith("…") and "\n" not in long
