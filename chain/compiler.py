@@ -60,7 +60,8 @@ def standard_input() -> dict:
         "sources": {source: {"urls": [source]}},
         "settings": {
             "remappings": ["@openzeppelin/=node_modules/@openzeppelin/"],
-            "optimizer": {"enabled": True, "runs": 200},
+            "optimizer": {"enabled": True, "runs": 10_000},
+            "viaIR": True,
             "evmVersion": EVM_VERSION,
             "metadata": {"bytecodeHash": "none", "appendCBOR": False},
             "outputSelection": {source: {CONTRACT: ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},

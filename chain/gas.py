@@ -60,6 +60,34 @@ def measure(rpc_url: str | None = None) -> dict[str, int]:
 
     gas["attestAccuracy (model's first)"] = attest(_h("s1"))
     gas["attestAccuracy (later)"] = attest(_h("s5"))
+    gas |= measure_batches(registry, admin, relayer, distiller, run_id)
+    return gas
+
+
+def measure_batches(registry: Registry, admin, relayer, distiller, run_id: bytes) -> dict[str, int]:
+    """Per record, in batches of 1, 10 and 100 fresh nodes: their grants (one multicall), their first
+    teachers (registerTeachers), and their attestations of a student of all of them (attestBatch, a
+    one-step path each)."""
+    gas = {}
+    for n in (1, 10, 100):
+        nodes = [derive_account(99, f"batch-{n}-{i}") for i in range(n)]
+        receipt = registry.w3.eth.get_transaction_receipt(
+            HexStr(registry.grant_many([("DATA_NODE", a.address) for a in nodes], admin, batch_size=n)[0])
+        )
+        gas[f"grantRole, batch of {n} in a multicall (per grant)"] = receipt["gasUsed"] // n
+        deadline, domain = registry.deadline(), registry.domain()
+        teachers = [_h(f"batch-{n}-teacher-{i}") for i in range(n)]
+        pubs = [Publication(a.address, t, KIND_TEACHER, 0, run_id, URI, 0, deadline) for a, t in zip(nodes, teachers)]
+        sigs = [sign(a, p, domain) for a, p in zip(nodes, pubs)]
+        gas[f"registerTeachers, batch of {n}, each node's first (per record)"] = (
+            registry.register_teachers(pubs, sigs, relayer)["gasUsed"] // n
+        )
+        student = _h(f"batch-{n}-student")
+        registry.commit_student(student, run_id, teachers, "fast", _h("cfg"), 2000, URI, distiller)
+        atts = [Attestation(a.address, student, run_id, 9123, 134, 1, deadline) for a in nodes]
+        sigs = [sign(a, att, domain) for a, att in zip(nodes, atts)]
+        receipt = registry.attest_batch(atts, sigs, [[i] for i in range(n)], relayer)
+        gas[f"attestBatch, batch of {n} (per record)"] = receipt["gasUsed"] // n
     return gas
 
 

@@ -137,6 +137,17 @@ def sign(account: LocalAccount, message: Publication | Attestation, domain: Doma
     return bytes(account.sign_message(encoded).signature)
 
 
+def compact(signature: bytes) -> tuple[bytes, bytes]:
+    """A 65-byte (r, s, v) signature as EIP-2098's (r, vs): s with the parity of y in its top bit, what the
+    registry's batches carry (one word less per record). A signature that is not 65 bytes with v 27 or 28, or
+    whose s has its top bit set (a high-s signature, which the contract refuses anyway), is a ValueError."""
+    if len(signature) != 65 or signature[64] not in (27, 28) or signature[32] & 0x80:
+        raise ValueError("not a 65-byte low-s signature with v 27 or 28")
+    vs = bytearray(signature[32:64])
+    vs[0] |= (signature[64] - 27) << 7
+    return signature[:32], bytes(vs)
+
+
 def recover(message: Publication | Attestation, domain: Domain, signature: bytes) -> str:
     encoded = encode_typed_data(full_message=_eip712_types(typed_data(message, domain)))
     return Account.recover_message(encoded, signature=signature)

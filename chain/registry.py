@@ -24,7 +24,7 @@ from web3.types import TxReceipt, Wei
 from chain.backends import is_embedded
 from chain.compiler import load_artifact
 from chain.errors import ChainError, ConfigError
-from chain.identity import DOMAIN_NAME, DOMAIN_VERSION, Attestation, Domain, Publication
+from chain.identity import DOMAIN_NAME, DOMAIN_VERSION, Attestation, Domain, Publication, compact
 
 ROLES = {name: keccak(text=f"{name}_ROLE") for name in ("DATA_NODE", "DISTILLER", "RELAYER")}
 
@@ -165,8 +165,44 @@ class Registry:
     def grant(self, role: str, account: str, admin: LocalAccount) -> str:
         return self._send(self.contract.functions.grantRole(ROLES[role], account), admin)["transactionHash"].to_0x_hex()
 
+    def grant_many(self, grants: Sequence[tuple[str, str]], admin: LocalAccount, batch_size: int = 100) -> list[str]:
+        """Grant (role, account) pairs, `batch_size` per transaction through the registry's multicall; the
+        transaction hash each pair went in."""
+        hashes = []
+        for start in range(0, len(grants), batch_size):
+            chunk = grants[start : start + batch_size]
+            if len(chunk) == 1:
+                hashes.append(self.grant(*chunk[0], admin))
+                continue
+            calls = [self.contract.encode_abi("grantRole", [ROLES[role], account]) for role, account in chunk]
+            tx = self._send(self.contract.functions.multicall(calls), admin)["transactionHash"].to_0x_hex()
+            hashes += [tx] * len(chunk)
+        return hashes
+
+    def revoke(self, role: str, account: str, admin: LocalAccount) -> str:
+        return self._send(self.contract.functions.revokeRole(ROLES[role], account), admin)[
+            "transactionHash"
+        ].to_0x_hex()
+
     def register_teacher(self, pub: Publication, signature: bytes, relayer: LocalAccount) -> TxReceipt:
         return self._send(self.contract.functions.registerTeacher(pub.as_struct(), signature), relayer)
+
+    def register_teachers(
+        self, pubs: Sequence[Publication], signatures: Sequence[bytes], relayer: LocalAccount
+    ) -> TxReceipt:
+        """Relay many signed publications of one run, round, uri and deadline in one transaction
+        (`registerTeachers`): each signature is checked on-chain, each record and event is registerTeacher's."""
+        first = pubs[0]
+        if any(
+            (p.run_id, p.round, p.uri, p.deadline) != (first.run_id, first.round, first.uri, first.deadline)
+            for p in pubs
+        ):
+            raise ValueError("a batch of publications shares one run id, round, uri and deadline")
+        parts = [
+            (p.node, p.model_hash, p.kind, p.nonce, *compact(sig)) for p, sig in zip(pubs, signatures, strict=True)
+        ]
+        fn = self.contract.functions.registerTeachers(first.run_id, first.round, first.uri, first.deadline, parts)
+        return self._send(fn, relayer)
 
     def commit_student(
         self,
@@ -202,6 +238,25 @@ class Registry:
         """Relay an attestation; `path` leads from the model through its sources to one the node registered
         (see lineage_path), empty when the node registered the model itself."""
         fn = self.contract.functions.attestAccuracy(att.as_struct(), signature, list(path))
+        return self._send(fn, relayer)
+
+    def attest_batch(
+        self,
+        atts: Sequence[Attestation],
+        signatures: Sequence[bytes],
+        paths: Sequence[Sequence[int]],
+        relayer: LocalAccount,
+    ) -> TxReceipt:
+        """Relay many signed attestations of one run and deadline in one transaction (`attestBatch`), each with
+        its lineage path (see `attest`)."""
+        first = atts[0]
+        if any((a.run_id, a.deadline) != (first.run_id, first.deadline) for a in atts):
+            raise ValueError("a batch of attestations shares one run id and deadline")
+        parts = [
+            (a.node, a.model_hash, a.accuracy_bps, a.num_examples, a.nonce, *compact(sig))
+            for a, sig in zip(atts, signatures, strict=True)
+        ]
+        fn = self.contract.functions.attestBatch(first.run_id, first.deadline, parts, [list(p) for p in paths])
         return self._send(fn, relayer)
 
     # -- reads -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from eth_account.signers.local import LocalAccount
@@ -30,18 +30,19 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from chain.errors import RunFailed
-from chain.identity import Attestation, Publication
+from chain.identity import Attestation
 from chain.provenance import uri_of
-from chain.registry import Registry, lineage_path
+from chain.registry import Registry, RegistryError, lineage_path
 from node.artifacts import ArtifactStore, Expected, serialize, sha256
 from node.config import DataConfig, DistillConfig, FaultConfig, FederationConfig, TeacherConfig, config_digest
 from node.data import spec_of
 from node.distiller import distill_student
 from node.messages import MODELS, Identity, Measurements, MessageError, Task, blob_to_array, remote_reason
 from node.models import Ensemble, Teacher, build_model
-from node.strategy import registering_strategy
+from node.strategy import SignedPublication, registering_strategy
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -62,6 +63,16 @@ class NodeRecord:
         return self.published.get("teacher")
 
 
+@dataclass(frozen=True)
+class SignedAttestation:
+    """What a node measured and signed, with the lineage path the contract checks, to be relayed."""
+
+    record: NodeRecord
+    attestation: Attestation
+    signature: bytes
+    path: list[int]
+
+
 @dataclass
 class RunLedger:
     """What happened, for the report: nodes, models, every transaction."""
@@ -74,11 +85,12 @@ class RunLedger:
     distill: dict = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
-    def tx(self, what: str, receipt: Mapping[str, Any], **extra) -> str:
+    def tx(self, what: str, receipt: Mapping[str, Any], records: int = 1, **extra) -> str:
+        """One record and the transaction it went in; `records` > 1: a batch, whose gas each of its records
+        lists whole (gas per record is gas / records)."""
         tx_hash = receipt["transactionHash"].to_0x_hex()
-        self.transactions.append(
-            {"what": what, "tx": tx_hash, "block": receipt["blockNumber"], "gas": receipt["gasUsed"], **extra}
-        )
+        entry = {"what": what, "tx": tx_hash, "block": receipt["blockNumber"], "gas": receipt["gasUsed"]}
+        self.transactions.append(entry | ({"records": records} if records > 1 else {}) | extra)
         return tx_hash
 
 
@@ -98,6 +110,7 @@ class Coordinator:
     teacher: TeacherConfig
     distill: DistillConfig
     keys_dir: Path
+    batch_size: int = 100  # signed records per transaction (registerTeachers, attestBatch)
     rpc_url: str = ""  # where nodes read the chain themselves; empty on the embedded chain
     federation: FederationConfig = field(default_factory=FederationConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
@@ -254,6 +267,7 @@ class Coordinator:
             files = ArrayRecord({h.hex(): blob_to_array(self.store.get(h)) for h in models})
             contents[r.node_id] = task.put(RecordDict({MODELS: files}))
         replies = self._exchange(grid, MessageType.EVALUATE, contents)
+        signed: list[SignedAttestation] = []
         for done, record in enumerate(self.active, 1):
             reply = replies.get(record.node_id)
             if self.failed(record, reply, "evaluate") or reply is None:
@@ -276,11 +290,32 @@ class Coordinator:
                     nonce=task.nonce + i,
                     deadline=task.deadline,
                 )
-                receipt = self.registry.attest(
-                    att, signature, self.relayer, sent_paths[record.node_id][model_hash] or []
-                )
-                self.ledger.tx("AccuracyAttested", receipt, node=record.address, model=model_hash.hex())
+                signed.append(SignedAttestation(record, att, signature, paths[model_hash] or []))
             self.progress("evaluate", done, len(contents))
+        self.relay_attestations(signed)
+
+    def relay_attestations(self, signed: Sequence[SignedAttestation]) -> None:
+        """Relay nodes' signed attestations, `batch_size` per transaction; a batch the contract refuses is
+        relayed record by record, and a node whose attestation is refused drops out with the contract's reason."""
+        for batch in self._batches(signed, lambda i: (i.attestation.run_id, i.attestation.deadline)):
+            try:
+                if len(batch) == 1:
+                    item = batch[0]
+                    receipt = self.registry.attest(item.attestation, item.signature, self.relayer, item.path)
+                else:
+                    atts, sigs = [i.attestation for i in batch], [i.signature for i in batch]
+                    receipt = self.registry.attest_batch(atts, sigs, [i.path for i in batch], self.relayer)
+            except RegistryError as exc:
+                if len(batch) == 1:
+                    self._refuse(batch[0].record, exc, "attest")
+                    continue
+                for item in batch:  # find the refused record; the others land alone
+                    if item.record.error is None:
+                        self.relay_attestations([item])
+                continue
+            for item in batch:
+                model = item.attestation.model_hash.hex()
+                self.ledger.tx("AccuracyAttested", receipt, records=len(batch), node=item.record.address, model=model)
 
     # -- messages ----------------------------------------------------------------------------
     def task(self, **extra) -> Task:
@@ -349,29 +384,69 @@ class Coordinator:
         blob = serialize(model, self.teacher.model, spec.input_shape, spec.num_classes, label_counts=label_counts)
         return blob, sha256(blob)
 
-    def register_publication(self, record: NodeRecord, kind: str, publication: Publication, signature: bytes) -> None:
-        """Relay a node's signed publication to ModelRegistry (a rerun on a persistent chain finds it there)."""
-        existing = self.registry.model(publication.model_hash)
-        if existing.registered and existing.owner == record.address:
-            log.info(
-                "%s 0x%s of %s is already on-chain (block %d)",
-                kind,
-                publication.model_hash.hex(),
-                record.address,
-                existing.block,
-            )
-        else:
-            receipt = self.registry.register_teacher(publication, signature, self.relayer)
+    def register_publications(self, signed: Sequence[SignedPublication]) -> None:
+        """Relay nodes' signed publications to ModelRegistry, `batch_size` per transaction (a rerun on a
+        persistent chain finds some there already). A batch the contract refuses is relayed record by record,
+        so that only the node whose record is refused drops out, with the contract's reason."""
+        todo = []
+        for item in signed:
+            existing = self.registry.model(item.publication.model_hash)
+            if existing.registered and existing.owner == item.record.address:
+                log.info(
+                    "%s 0x%s is already on-chain (block %d)",
+                    item.kind,
+                    item.publication.model_hash.hex(),
+                    existing.block,
+                )
+                self._published(item)
+            else:
+                todo.append(item)
+        for batch in self._batches(todo, lambda i: (i.publication.run_id, i.publication.round, i.publication.deadline)):
+            try:
+                if len(batch) == 1:
+                    receipt = self.registry.register_teacher(batch[0].publication, batch[0].signature, self.relayer)
+                else:
+                    pubs, sigs = [i.publication for i in batch], [i.signature for i in batch]
+                    receipt = self.registry.register_teachers(pubs, sigs, self.relayer)
+            except RegistryError as exc:
+                if len(batch) == 1:
+                    self._refuse(batch[0].record, exc)
+                    continue
+                for item in batch:  # find the refused record; the others land alone
+                    if item.record.error is None:
+                        self.register_publications([item])
+                continue
+            for item in batch:
+                self._published(item, receipt, len(batch))
+
+    def _published(self, item: SignedPublication, receipt: Mapping[str, Any] | None = None, batch: int = 1) -> None:
+        pub = item.publication
+        if receipt is not None:
             self.ledger.tx(
                 "TeacherRegistered",
                 receipt,
-                node=record.address,
-                model=publication.model_hash.hex(),
-                kind=kind,
-                round=publication.round,
+                records=batch,
+                node=item.record.address,
+                model=pub.model_hash.hex(),
+                kind=item.kind,
+                round=pub.round,
             )
-        record.published[kind] = publication.model_hash
-        record.owned.add(publication.model_hash)
+        item.record.published[item.kind] = pub.model_hash
+        item.record.owned.add(pub.model_hash)
+
+    def _refuse(self, record: NodeRecord, exc: Exception, phase: str = "register") -> None:
+        record.error = f"{phase}: {exc}"
+        log.warning("node %s: %s", record.address, record.error)
+
+    def _batches(self, items: Sequence[T], shared: Callable[[T], object]) -> list[list[T]]:
+        """`items` in order, cut into batches of at most `batch_size` whose `shared` key is the same."""
+        batches: list[list[T]] = []
+        for item in items:
+            if batches and len(batches[-1]) < self.batch_size and shared(batches[-1][0]) == shared(item):
+                batches[-1].append(item)
+            else:
+                batches.append([item])
+        return batches
 
     def register_aggregate(
         self, name: str, model: torch.nn.Module, round_: int, sources: list[bytes], method: str, examples: int

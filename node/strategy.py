@@ -6,8 +6,9 @@ Two of Strategy's documented hooks are overridden, nothing else:
   node that identified itself with the DATA_NODE role also carries the run's Task, with that node's
   nonce on the registry and the round's deadline, which its signatures must use;
 - aggregate_train: each reply's files are rebuilt canonically from the arrays it sent, hashed, compared
-  with what the node signed, stored, and registered (the node's signature relayed to ModelRegistry). A
-  node whose publication is refused drops out; the others go on. The parent then aggregates the replies
+  with what the node signed and stored; then the round's publications are registered (the nodes'
+  signatures relayed to ModelRegistry, `chain.batch_size` per transaction). A node whose files or
+  publication are refused drops out; the others go on. The parent then aggregates the replies
   that were accepted, and the aggregate is registered with them as its sources.
 One-shot mode is one round, published as round 0 (DENSE's setting): every node trains its own teacher
 from the same start, and the round's aggregates are the teachers' weights averaged once (DENSE's
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as strategies
 
-from chain.errors import ArtifactError, ChainError, ConfigError, RunFailed
+from chain.errors import ArtifactError, ConfigError, RunFailed
 from chain.identity import KIND_BY_NAME, PUBLISHED_KINDS, Publication
 from chain.provenance import uri_of
 from node.artifacts import average_weights
@@ -34,6 +36,16 @@ if TYPE_CHECKING:
     from node.server_app import Coordinator, NodeRecord
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SignedPublication:
+    """A checked and stored file of a node, and the node's signature over its publication, to be relayed."""
+
+    record: NodeRecord
+    kind: str
+    publication: Publication
+    signature: bytes
 
 
 class RegisteringFedAvg(strategies.FedAvg):
@@ -79,7 +91,8 @@ class RegisteringFedAvg(strategies.FedAvg):
         round_ = 0 if self.one_shot else server_round
         phase = "teachers" if self.one_shot else f"round {server_round}"
         asked = [r for r in c.active if r.node_id in self.sent]
-        accepted: list[tuple[NodeRecord, Message]] = []
+        checked: list[tuple[NodeRecord, Message]] = []
+        signed: list[SignedPublication] = []
         for done, record in enumerate(asked, 1):
             reply = by_node.get(record.node_id)
             if c.audit is not None and reply is not None:
@@ -87,13 +100,15 @@ class RegisteringFedAvg(strategies.FedAvg):
             if c.failed(record, reply, "train") or reply is None:
                 continue
             try:
-                self.register_files(record, reply)
-            except (ChainError, ArtifactError, MessageError) as exc:  # this node is refused; the others go on
+                signed += self.check_files(record, reply)
+            except (ArtifactError, MessageError) as exc:  # this node is refused; the others go on
                 record.error = f"register: {exc}"
                 log.warning("node %s: %s", record.address, record.error)
                 continue
-            accepted.append((record, reply))
+            checked.append((record, reply))
             c.progress(phase, done, len(asked))
+        c.register_publications(signed)  # in batches; a node whose publication the contract refuses drops out
+        accepted = [(record, reply) for record, reply in checked if record.error is None]
         if len(accepted) < c.federation.min_nodes:
             raise RunFailed(
                 f"only {len(accepted)} of {len(asked)} nodes completed training in {phase}; "
@@ -110,13 +125,15 @@ class RegisteringFedAvg(strategies.FedAvg):
         c.register_aggregate("global", model, round_, sources, c.federation.strategy, sum(r.num_train for r in records))
         return arrays, metrics
 
-    def register_files(self, record: NodeRecord, reply: Message) -> None:
+    def check_files(self, record: NodeRecord, reply: Message) -> list[SignedPublication]:
         """The node's files in the order it signed them (teacher first, then what the method asked of nodes,
-        nonces consecutive): each rebuilt canonically, hash-checked against the signature, stored, registered."""
+        nonces consecutive): each rebuilt canonically, hash-checked against the signature and stored; the
+        publications to relay, with the node's signatures."""
         c = self.coordinator
         sender = f"node {record.address}"
         signed = Publications.read(reply.content, sender)
         task = self.sent[record.node_id]
+        publications = []
         for i, (kind, model_hash, signature) in enumerate(zip(signed.kinds, signed.model_hashes, signed.signatures)):
             if kind not in PUBLISHED_KINDS:
                 raise MessageError(f"{sender}: published an unknown kind {kind!r}")
@@ -140,7 +157,8 @@ class RegisteringFedAvg(strategies.FedAvg):
                 nonce=task.nonce + i,
                 deadline=task.deadline,
             )
-            c.register_publication(record, kind, publication, signature)
+            publications.append(SignedPublication(record, kind, publication, signature))
+        return publications
 
     def register_one_shot_aggregates(self, records: list[NodeRecord]) -> ArrayRecord | None:
         """The verified teachers' ensemble (the nodes attest it, up to 10 nodes by default) and their weights

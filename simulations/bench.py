@@ -440,7 +440,7 @@ def bench_scale(
                 "chain_s": chain_s,
                 "chain_share": chain_s / result.wall_s,
                 "phases": {k: v for k, v in phases.items() if k != "chain (within phases)"},
-                "transactions": len(result.chain["transactions"]),
+                "transactions": result.transaction_count,
                 "student_accuracy": weighted_student_accuracy(result),
             }
         )

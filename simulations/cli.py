@@ -125,7 +125,7 @@ def run(
         highlight=False,
     )
     console.print(
-        f"{len(result.events)} events, {len(chain['transactions'])} transactions; run directory "
+        f"{len(result.events)} events, {result.transaction_count} transactions; run directory "
         f"[bold]{result.out_dir}[/] ({result.wall_s:.0f} s)",
         highlight=False,
     )

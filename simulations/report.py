@@ -150,7 +150,7 @@ def render_report(result, rows, metrics, plots=()) -> str:
         f"- ModelRegistry: `{chain['contract']}`",
         f"- run id: `{chain['run_id']}`; configuration hash: `{chain['config_hash']}`",
         f"- student: `{metrics['student_hash']}`",
-        f"- blocks {chain['from_block']}..{chain['to_block']}, {len(chain['transactions'])} transactions, "
+        f"- blocks {chain['from_block']}..{chain['to_block']}, {result.transaction_count} transactions, "
         f"{len(result.events)} events (`kdledger events --run {result.out_dir}`)",
         "",
         "## Plots",

@@ -45,6 +45,11 @@ class RunResult:
     events: list[dict]
     wall_s: float
 
+    @property
+    def transaction_count(self) -> int:
+        """Transactions sent, not records: a batch carries many records in one."""
+        return len({t["tx"] for t in self.chain["transactions"]})
+
 
 def choose_run_dir(out: Path | None, name: str, runs_root: Path = Path("runs")) -> Path:
     """`out` if given (it must be new or empty); else runs/<name>, or runs/<name>-2, ... if taken."""
@@ -79,7 +84,8 @@ def provision(scenario: Scenario, w3: Web3, out_dir: Path, setup_txs: list[dict]
             f"chain.rpc_url: a run's keys on a JSON-RPC chain are kept encrypted; set {KEY_PASSWORD_ENV} to "
             "their password (or chain.dev_keys: true for throwaway keys)"
         )
-    labels = ["admin", "relayer", "distiller"] + [f"node-{i}" for i in range(scenario.nodes)]
+    own_keys = scenario.chain.data_nodes  # a deployment: each node holds its key, the run never sees it
+    labels = ["admin", "relayer", "distiller"] + ([] if own_keys else [f"node-{i}" for i in range(scenario.nodes)])
     accounts = {label: derive_account(scenario.seed, label) if derived else Account.create() for label in labels}
     if scenario.chain.registry and not derived:
         if scenario.chain.admin_key is None:
@@ -89,7 +95,11 @@ def provision(scenario: Scenario, w3: Web3, out_dir: Path, setup_txs: list[dict]
         if label != "admin" or not scenario.chain.registry:
             save_key(account, out_dir / "keys" / f"{label}.json", password)
     admin, relayer, distiller = accounts["admin"], accounts["relayer"], accounts["distiller"]
-    nodes = [accounts[f"node-{i}"] for i in range(scenario.nodes)]
+    nodes = (
+        [checksummed(a, "chain.data_nodes:") for a in own_keys]
+        if own_keys
+        else [accounts[f"node-{i}"].address for i in range(scenario.nodes)]
+    )
     fund(w3, [admin.address, relayer.address, distiller.address])
     if scenario.chain.registry:
         registry = Registry(w3, checksummed(scenario.chain.registry, "chain.registry"))
@@ -101,11 +111,11 @@ def provision(scenario: Scenario, w3: Web3, out_dir: Path, setup_txs: list[dict]
         registry, tx = Registry.deploy(w3, admin)
         setup_txs.append({"what": "deploy ModelRegistry", "tx": tx})
     grants = [("RELAYER", relayer.address), ("DISTILLER", distiller.address)] + [
-        ("DATA_NODE", a.address) for a in nodes
+        ("DATA_NODE", address) for address in nodes
     ]
-    for role, address in grants:
-        if not registry.has_role(role, address):
-            setup_txs.append({"what": f"grant {role}", "account": address, "tx": registry.grant(role, address, admin)})
+    grants = [(role, address) for role, address in grants if not registry.has_role(role, address)]
+    for (role, address), tx in zip(grants, registry.grant_many(grants, admin, scenario.chain.batch_size)):
+        setup_txs.append({"what": f"grant {role}", "account": address, "tx": tx})
     return registry, admin, relayer, distiller
 
 
@@ -151,6 +161,7 @@ def prepare_run(scenario: Scenario, out: Path | None = None, *, progress=None, a
         teacher=scenario.teacher,
         distill=scenario.distill,
         keys_dir=(out_dir / "keys").resolve(),
+        batch_size=scenario.chain.batch_size,
         rpc_url=scenario.chain.rpc_url or "",
         federation=scenario.federation,
         faults=scenario.faults,

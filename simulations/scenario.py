@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from chain.errors import ConfigError
+from chain.registry import checksummed
 from chain.safejson import nesting_depth
 from node.config import (
     DataConfig,
@@ -38,6 +39,19 @@ class ChainConfig(Strict):
     registry: str | None = Field(None, description="address of an existing ModelRegistry to reuse (rpc_url only)")
     admin_key: Path | None = Field(
         None, description="key file of the existing registry's admin (with `registry`, unless dev_keys)"
+    )
+    data_nodes: list[str] | None = Field(
+        None,
+        description="the data nodes' own addresses, when each node holds its own key (Flower's Deployment "
+        "Engine: a SuperNode's `key-file`); the admin grants them DATA_NODE and the run makes no node keys",
+    )
+    batch_size: int = Field(
+        100,
+        ge=1,
+        le=200,
+        description="signed records per transaction: a phase's publications go in registerTeachers, its "
+        "attestations in attestBatch, and the admin's grants in one multicall, this many at a time (1: each "
+        "alone); every signature is still checked on-chain",
     )
     dev_keys: bool = Field(
         False,
@@ -102,6 +116,13 @@ class Scenario(Strict):
             bad = [p for p in getattr(self.faults, phase) if not 0 <= p < self.nodes]
             if bad:
                 raise ValueError(f"faults.{phase}: partitions {bad} do not exist (0..{self.nodes - 1})")
+        if self.chain.data_nodes is not None:
+            if len(self.chain.data_nodes) != self.nodes:
+                raise ValueError(f"chain.data_nodes: {len(self.chain.data_nodes)} addresses for {self.nodes} nodes")
+            if not self.chain.rpc_url:
+                raise ValueError("chain.data_nodes: nodes with their own keys need chain.rpc_url (a deployment)")
+            for address in self.chain.data_nodes:
+                checksummed(address, "chain.data_nodes:")
         if self.chain.registry and not self.chain.rpc_url:
             raise ValueError("chain.registry: reusing a registry needs chain.rpc_url (the embedded chain starts empty)")
         return self

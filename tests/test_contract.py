@@ -226,3 +226,143 @@ def test_aggregates_come_from_a_relayer_and_registered_sources(deployed):
     assert (record.owner, record.kind, record.round) == (d.relayer.address, KIND_AGGREGATE, 1)
     assert lineage.teacher_hashes == (h("u1"), h("u2")) and lineage.method == "FedAvg" and lineage.sample_count == 900
     d.registry.commit_student(h("s"), RUN, [h("agg")], "genkd", h("cfg"), 5, "", d.distiller)  # a student of it
+
+
+def test_a_batch_of_publications_records_and_emits_what_single_ones_do(deployed):
+    d = deployed
+    pubs = [publication(d, d.node, h("b0")), publication(d, d.other_node, h("b1"))]
+    pubs.append(publication(d, d.node, h("b2"), nonce=pubs[0].nonce + 1))  # a node's second, in nonce order
+    signers = [d.node, d.other_node, d.node]
+    sigs = [sign(s, p, d.registry.domain()) for s, p in zip(signers, pubs)]
+    receipt = d.registry.register_teachers(pubs, sigs, d.relayer)
+    events = d.registry.contract.events.TeacherRegistered().process_receipt(receipt)
+    assert [(e["args"]["modelHash"], e["args"]["node"], e["args"]["uri"]) for e in events] == [
+        (p.model_hash, p.node, p.uri) for p in pubs
+    ]
+    assert [d.registry.model(p.model_hash).owner for p in pubs] == [s.address for s in signers]
+    assert d.registry.nonce(d.node.address) == pubs[0].nonce + 2
+    with reverts("InvalidAccountNonce"):  # the same batch again: every signature is used
+        d.registry.register_teachers(pubs, sigs, d.relayer)
+
+
+@pytest.mark.parametrize("attack", ["forged", "outsider", "replayed", "expired", "bad kind", "not a relayer"])
+def test_one_bad_publication_reverts_its_whole_batch_with_its_own_error(deployed, attack):
+    d = deployed
+    good = publication(d, d.node, h(f"good {attack}"))
+    bad_signer = d.outsider if attack == "outsider" else d.other_node
+    bad = publication(d, bad_signer, h(f"bad {attack}"), kind=9 if attack == "bad kind" else KIND_TEACHER)
+    domain = d.registry.domain()
+    bad_sig = sign(d.node if attack == "forged" else bad_signer, bad, domain)
+    if attack == "replayed":
+        d.registry.register_teacher(bad, bad_sig, d.relayer)
+    if attack == "expired":
+        late = d.w3.eth.get_block("latest")["timestamp"] - 1
+        good = publication(d, d.node, good.model_hash, deadline=late)
+        bad = publication(d, bad_signer, bad.model_hash, deadline=late)
+        bad_sig = sign(bad_signer, bad, domain)
+    expected = {
+        "forged": "InvalidSigner",
+        "outsider": "SignerLacksRole",
+        "replayed": "InvalidAccountNonce",
+        "expired": "SignatureExpired",
+        "bad kind": "InvalidKind",
+        "not a relayer": "AccessControlUnauthorizedAccount",
+    }[attack]
+    sender = d.outsider if attack == "not a relayer" else d.relayer
+    with reverts(expected):
+        d.registry.register_teachers([good, bad], [sign(d.node, good, domain), bad_sig], sender)
+    assert not d.registry.model(good.model_hash).registered  # nothing of a refused batch is kept
+    assert d.registry.nonce(d.node.address) == good.nonce
+
+
+def test_a_batch_of_attestations_checks_each_path_and_signature(deployed):
+    d = deployed
+    publish(d, d.node, h("a0"))
+    publish(d, d.other_node, h("a1"))
+    d.registry.register_aggregate(h("ens"), RUN, 0, [h("a0"), h("a1")], "ensemble", 900, "", d.relayer)
+    atts = [attestation(d, d.node, h("ens"), 8000), attestation(d, d.other_node, h("ens"), 7000)]
+    sigs = [sign(s, a, d.registry.domain()) for s, a in zip((d.node, d.other_node), atts)]
+    with reverts("NotInLineage"):  # the second node's path leads to the first node's teacher
+        d.registry.attest_batch(atts, sigs, [[0], [0]], d.relayer)
+    receipt = d.registry.attest_batch(atts, sigs, [[0], [1]], d.relayer)
+    events = d.registry.contract.events.AccuracyAttested().process_receipt(receipt)
+    assert [(e["args"]["node"], e["args"]["accuracyBps"]) for e in events] == [
+        (d.node.address, 8000),
+        (d.other_node.address, 7000),
+    ]
+    with reverts("BatchLengthMismatch"):
+        d.registry.attest_batch(atts, sigs, [[0]], d.relayer)
+
+
+def test_a_revoked_node_keeps_its_nonce_so_its_old_signatures_stay_used(deployed):
+    d = deployed
+    pub = publication(d, d.node, h("before"))
+    sig = sign(d.node, pub, d.registry.domain())
+    d.registry.register_teacher(pub, sig, d.relayer)
+    d.registry.revoke("DATA_NODE", d.node.address, d.admin)
+    assert not d.registry.has_role("DATA_NODE", d.node.address) and d.registry.nonce(d.node.address) == 1
+    with reverts("SignerLacksRole"):
+        publish(d, d.node, h("while revoked"))
+    d.registry.grant("DATA_NODE", d.node.address, d.admin)
+    assert d.registry.has_role("DATA_NODE", d.node.address) and d.registry.nonce(d.node.address) == 1
+    with reverts("InvalidAccountNonce"):
+        d.registry.register_teacher(pub, sig, d.relayer)
+
+
+def test_a_batch_of_100_first_registrations_costs_at_most_40000_gas_each():
+    """Gas is deterministic: 100 nodes' first teachers in one registerTeachers, each signature checked."""
+    from chain.backends import connect
+    from chain.identity import derive_account
+    from chain.registry import fund
+
+    w3 = connect()
+    admin, relayer = derive_account(3, "admin"), derive_account(3, "relayer")
+    fund(w3, [admin.address, relayer.address])
+    registry, _ = Registry.deploy(w3, admin)
+    registry.grant("RELAYER", relayer.address, admin)
+    nodes = [derive_account(3, f"node-{i}") for i in range(100)]
+    for node in nodes:
+        registry.grant("DATA_NODE", node.address, admin)
+    deadline, domain = registry.deadline(), registry.domain()
+    pubs = [Publication(n.address, h(n.address), KIND_TEACHER, 0, RUN, uri_of(RUN), 0, deadline) for n in nodes]
+    receipt = registry.register_teachers(pubs, [sign(n, p, domain) for n, p in zip(nodes, pubs)], relayer)
+    assert len(registry.contract.events.TeacherRegistered().process_receipt(receipt)) == 100
+    assert receipt["gasUsed"] / 100 <= 40_000
+
+
+def test_the_coordinator_relays_in_batches_and_a_refused_record_costs_only_its_node(deployed, tmp_path):
+    """A batch with one forged signature reverts whole; the coordinator relays its records one by one,
+    so the other nodes' records land and only the forger's node drops out, with the contract's reason."""
+    from node.config import DataConfig, DistillConfig, TeacherConfig
+    from node.server_app import Coordinator, NodeRecord
+    from node.strategy import SignedPublication
+
+    d = deployed
+    configs = DataConfig(), TeacherConfig(), DistillConfig()
+    c = Coordinator(d.registry, d.relayer, d.distiller, None, RUN, {}, 0, 3, *configs, tmp_path)
+    honest, forger = NodeRecord(0, 0, d.node.address), NodeRecord(1, 1, d.other_node.address)
+    domain = d.registry.domain()
+    first = publication(d, d.node, h("c0"))
+    second = publication(d, d.node, h("c1"), nonce=first.nonce + 1)
+    forged = publication(d, d.other_node, h("c2"))
+    c.register_publications(
+        [
+            SignedPublication(honest, "teacher", first, sign(d.node, first, domain)),
+            SignedPublication(forger, "teacher", forged, sign(d.node, forged, domain)),
+            SignedPublication(honest, "ebm", second, sign(d.node, second, domain)),
+        ]
+    )
+    assert forger.error.startswith("register: InvalidSigner(") and honest.error is None
+    assert honest.published == {"teacher": h("c0"), "ebm": h("c1")} and not forger.published
+    assert [d.registry.model(x).registered for x in (h("c0"), h("c1"), h("c2"))] == [True, True, False]
+    # without a bad record, one transaction carries them all
+    third, fourth = publication(d, d.node, h("c3")), publication(d, d.other_node, h("c4"))
+    forger.error = None
+    c.register_publications(
+        [
+            SignedPublication(honest, "teacher", third, sign(d.node, third, domain)),
+            SignedPublication(forger, "teacher", fourth, sign(d.other_node, fourth, domain)),
+        ]
+    )
+    last = c.ledger.transactions[-2:]
+    assert last[0]["tx"] == last[1]["tx"] and last[0]["records"] == 2

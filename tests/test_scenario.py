@@ -15,6 +15,10 @@ QUICK = "name: q\nnodes: 2\n"
         (QUICK + "distill:\n  method: softtarget\n  options:\n    sigmaa: 2\n", "distill.options.sigmaa"),
         (QUICK + "distill:\n  student: resnet-9000\n", "distill.student"),
         ("name: q\nnodes: [1\n", "not valid YAML"),
+        (QUICK + "chain: {batch_size: 0}\n", "chain.batch_size"),
+        (QUICK + "chain: {rpc_url: 'http://127.0.0.1:1', data_nodes: ['0x" + "11" * 20 + "']}\n", "2 nodes"),
+        (QUICK + "chain: {data_nodes: ['0x" + "11" * 20 + "', '0x" + "22" * 20 + "']}\n", "need chain.rpc_url"),
+        (QUICK + "chain: {rpc_url: 'http://127.0.0.1:1', data_nodes: ['0x12', '0x34']}\n", "not an Ethereum address"),
     ],
 )
 def test_bad_scenario_short_error(tmp_path, text, names):
