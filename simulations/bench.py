@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -430,8 +432,10 @@ def bench_scale(
             update["chain"] = base.chain.model_copy(update={"rpc_url": rpc_url, "registry": None})
         spec = base.model_copy(update=update)
         spec = type(base).model_validate(spec.model_dump())  # re-validate the changed scenario
-        result = run_scenario(spec, out / f"n{n}", progress=progress)
+        with PeakRss() as rss:
+            result = run_scenario(spec, out / f"n{n}", progress=progress)
         phases = result.ledger.phase_seconds
+        registrations = [t for t in result.ledger.transactions if t["what"] == "TeacherRegistered"]
         chain_s = phases.get("chain (within phases)", 0.0)
         rows.append(
             {
@@ -441,6 +445,10 @@ def bench_scale(
                 "chain_share": chain_s / result.wall_s,
                 "phases": {k: v for k, v in phases.items() if k != "chain (within phases)"},
                 "transactions": result.transaction_count,
+                "chain_ms_per_tx": 1000 * chain_s / max(1, len({t["tx"] for t in result.ledger.transactions})),
+                "gas_per_registration": sum(t["gas"] / t.get("records", 1) for t in registrations)
+                / max(1, len(registrations)),
+                "peak_rss_mib": rss.peak / 2**20,
                 "student_accuracy": weighted_student_accuracy(result),
             }
         )
@@ -451,6 +459,52 @@ def bench_scale(
         "chain": rpc_url or base.chain.rpc_url or "embedded py-evm",
         "rows": rows,
     }
+
+
+class PeakRss:
+    """The peak resident memory of this process and all its descendants (Ray's workers included), sampled
+    from /proc twice a second while the block runs; 0 where there is no /proc."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, tree_rss(os.getpid()))
+            if self._stop.wait(self.interval):
+                return
+
+
+def tree_rss(root: int) -> int:
+    """Bytes resident in `root` and its descendants, from /proc/<pid>/stat (parent) and statm (pages)."""
+    parents, rss = {}, {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+            rss[int(entry.name)] = int((entry / "statm").read_text().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            continue  # a process that ended while we looked
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
 
 
 def weighted_student_accuracy(result) -> float | None:
@@ -469,8 +523,9 @@ def scale_markdown(result: dict, command: str) -> str:
         "",
         "| nodes | wall s | per node s | x first row's per-node time | identify s | teachers s | distill s "
         "| evaluate s "
-        "| chain s | chain share | transactions | student acc % |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| chain s | chain share | transactions | chain ms per tx | gas per registration | peak RSS MiB "
+        "| student acc % |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         p = r["phases"]
@@ -481,6 +536,7 @@ def scale_markdown(result: dict, command: str) -> str:
             f"| {per_node / (first['wall_s'] / first['nodes']):.2f} "
             f"| {p.get('identify', 0):.1f} | {p.get('teachers', 0):.1f} | {p.get('distill', 0):.1f} "
             f"| {p.get('evaluate', 0):.1f} | {r['chain_s']:.1f} | {100 * r['chain_share']:.1f}% "
-            f"| {r['transactions']} | {acc} |"
+            f"| {r['transactions']} | {r['chain_ms_per_tx']:.0f} | {r['gas_per_registration']:,.0f} "
+            f"| {r['peak_rss_mib']:,.0f} | {acc} |"
         )
     return "\n".join(lines) + "\n"
