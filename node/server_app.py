@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from eth_account.signers.local import LocalAccount
@@ -32,17 +32,17 @@ from flwr.serverapp import Grid, ServerApp
 from chain.errors import RunFailed
 from chain.identity import Attestation
 from chain.provenance import uri_of
-from chain.registry import Registry, RegistryError, lineage_path
+from chain.registry import Registry, lineage_path
 from node.artifacts import ArtifactStore, Expected, serialize, sha256
 from node.config import DataConfig, DistillConfig, FaultConfig, FederationConfig, TeacherConfig, config_digest
 from node.data import spec_of
 from node.distiller import distill_student
 from node.messages import MODELS, Identity, Measurements, MessageError, Task, blob_to_array, remote_reason
 from node.models import Ensemble, Teacher, build_model
-from node.strategy import SignedPublication, registering_strategy
+from node.relay import SignedAttestation, SignedPublication, relay
+from node.strategy import registering_strategy
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass
@@ -61,16 +61,6 @@ class NodeRecord:
     @property
     def teacher_hash(self) -> bytes | None:
         return self.published.get("teacher")
-
-
-@dataclass(frozen=True)
-class SignedAttestation:
-    """What a node measured and signed, with the lineage path the contract checks, to be relayed."""
-
-    record: NodeRecord
-    attestation: Attestation
-    signature: bytes
-    path: list[int]
 
 
 @dataclass
@@ -292,30 +282,9 @@ class Coordinator:
                 )
                 signed.append(SignedAttestation(record, att, signature, paths[model_hash] or []))
             self.progress("evaluate", done, len(contents))
-        self.relay_attestations(signed)
-
-    def relay_attestations(self, signed: Sequence[SignedAttestation]) -> None:
-        """Relay nodes' signed attestations, `batch_size` per transaction; a batch the contract refuses is
-        relayed record by record, and a node whose attestation is refused drops out with the contract's reason."""
-        for batch in self._batches(signed, lambda i: (i.attestation.run_id, i.attestation.deadline)):
-            try:
-                if len(batch) == 1:
-                    item = batch[0]
-                    receipt = self.registry.attest(item.attestation, item.signature, self.relayer, item.path)
-                else:
-                    atts, sigs = [i.attestation for i in batch], [i.signature for i in batch]
-                    receipt = self.registry.attest_batch(atts, sigs, [i.path for i in batch], self.relayer)
-            except RegistryError as exc:
-                if len(batch) == 1:
-                    self._refuse(batch[0].record, exc, "attest")
-                    continue
-                for item in batch:  # find the refused record; the others land alone
-                    if item.record.error is None:
-                        self.relay_attestations([item])
-                continue
-            for item in batch:
-                model = item.attestation.model_hash.hex()
-                self.ledger.tx("AccuracyAttested", receipt, records=len(batch), node=item.record.address, model=model)
+        for item, receipt, records in relay(self.registry, self.relayer, signed, self.batch_size):
+            model = item.attestation.model_hash.hex()
+            self.ledger.tx("AccuracyAttested", receipt, records, node=item.record.address, model=model)
 
     # -- messages ----------------------------------------------------------------------------
     def task(self, **extra) -> Task:
@@ -385,68 +354,24 @@ class Coordinator:
         return blob, sha256(blob)
 
     def register_publications(self, signed: Sequence[SignedPublication]) -> None:
-        """Relay nodes' signed publications to ModelRegistry, `batch_size` per transaction (a rerun on a
-        persistent chain finds some there already). A batch the contract refuses is relayed record by record,
-        so that only the node whose record is refused drops out, with the contract's reason."""
+        """Relay nodes' signed publications to ModelRegistry in batches (node/relay.py); a rerun on a persistent
+        chain finds some there already. A node whose publication is refused drops out."""
         todo = []
         for item in signed:
-            existing = self.registry.model(item.publication.model_hash)
+            pub = item.publication
+            existing = self.registry.model(pub.model_hash)
             if existing.registered and existing.owner == item.record.address:
-                log.info(
-                    "%s 0x%s is already on-chain (block %d)",
-                    item.kind,
-                    item.publication.model_hash.hex(),
-                    existing.block,
-                )
-                self._published(item)
+                log.info("%s 0x%s is already on-chain (block %d)", item.kind, pub.model_hash.hex(), existing.block)
             else:
                 todo.append(item)
-        for batch in self._batches(todo, lambda i: (i.publication.run_id, i.publication.round, i.publication.deadline)):
-            try:
-                if len(batch) == 1:
-                    receipt = self.registry.register_teacher(batch[0].publication, batch[0].signature, self.relayer)
-                else:
-                    pubs, sigs = [i.publication for i in batch], [i.signature for i in batch]
-                    receipt = self.registry.register_teachers(pubs, sigs, self.relayer)
-            except RegistryError as exc:
-                if len(batch) == 1:
-                    self._refuse(batch[0].record, exc)
-                    continue
-                for item in batch:  # find the refused record; the others land alone
-                    if item.record.error is None:
-                        self.register_publications([item])
-                continue
-            for item in batch:
-                self._published(item, receipt, len(batch))
-
-    def _published(self, item: SignedPublication, receipt: Mapping[str, Any] | None = None, batch: int = 1) -> None:
-        pub = item.publication
-        if receipt is not None:
-            self.ledger.tx(
-                "TeacherRegistered",
-                receipt,
-                records=batch,
-                node=item.record.address,
-                model=pub.model_hash.hex(),
-                kind=item.kind,
-                round=pub.round,
-            )
-        item.record.published[item.kind] = pub.model_hash
-        item.record.owned.add(pub.model_hash)
-
-    def _refuse(self, record: NodeRecord, exc: Exception, phase: str = "register") -> None:
-        record.error = f"{phase}: {exc}"
-        log.warning("node %s: %s", record.address, record.error)
-
-    def _batches(self, items: Sequence[T], shared: Callable[[T], object]) -> list[list[T]]:
-        """`items` in order, cut into batches of at most `batch_size` whose `shared` key is the same."""
-        batches: list[list[T]] = []
-        for item in items:
-            if batches and len(batches[-1]) < self.batch_size and shared(batches[-1][0]) == shared(item):
-                batches[-1].append(item)
-            else:
-                batches.append([item])
-        return batches
+        for item, receipt, records in relay(self.registry, self.relayer, todo, self.batch_size):
+            pub, address = item.publication, item.record.address
+            extra = {"node": address, "model": pub.model_hash.hex(), "kind": item.kind, "round": pub.round}
+            self.ledger.tx("TeacherRegistered", receipt, records, **extra)
+        for item in signed:
+            if item.record.error is None:
+                item.record.published[item.kind] = item.publication.model_hash
+                item.record.owned.add(item.publication.model_hash)
 
     def register_aggregate(
         self, name: str, model: torch.nn.Module, round_: int, sources: list[bytes], method: str, examples: int

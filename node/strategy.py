@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -31,21 +30,12 @@ from chain.identity import KIND_BY_NAME, PUBLISHED_KINDS, Publication
 from chain.provenance import uri_of
 from node.artifacts import average_weights
 from node.messages import MessageError, Publications, Task, published_arrays, sealed_blob
+from node.relay import SignedPublication
 
 if TYPE_CHECKING:
     from node.server_app import Coordinator, NodeRecord
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SignedPublication:
-    """A checked and stored file of a node, and the node's signature over its publication, to be relayed."""
-
-    record: NodeRecord
-    kind: str
-    publication: Publication
-    signature: bytes
 
 
 class RegisteringFedAvg(strategies.FedAvg):

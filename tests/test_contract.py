@@ -334,8 +334,8 @@ def test_the_coordinator_relays_in_batches_and_a_refused_record_costs_only_its_n
     """A batch with one forged signature reverts whole; the coordinator relays its records one by one,
     so the other nodes' records land and only the forger's node drops out, with the contract's reason."""
     from node.config import DataConfig, DistillConfig, TeacherConfig
+    from node.relay import SignedPublication
     from node.server_app import Coordinator, NodeRecord
-    from node.strategy import SignedPublication
 
     d = deployed
     configs = DataConfig(), TeacherConfig(), DistillConfig()
