@@ -147,10 +147,11 @@ class Coordinator:
             record = NodeRecord(
                 nid, ident.partition_id, ident.address, ident.num_train, ident.num_test, ident.label_histogram
             )
-            if not self.registry.has_role("DATA_NODE", record.address):
-                record.error = "identify: address lacks the DATA_NODE role"
             self.ledger.nodes.append(record)
         self.ledger.nodes.sort(key=lambda r: r.partition_id)
+        for record, granted in zip(self.ledger.nodes, self.registry.have_role("DATA_NODE", self.addresses)):
+            if not granted:
+                record.error = "identify: address lacks the DATA_NODE role"
         if not self.active:
             raise RunFailed("no data node with the DATA_NODE role answered")
 
@@ -185,11 +186,11 @@ class Coordinator:
             nodes = [r for r in self.active if r.teacher_hash is not None]
             if not nodes:
                 raise RunFailed("no teacher was registered: nothing to distil from")
-            for r in nodes:  # the chain, not the store, says what each artifact is and whose
-                for kind, model_hash in r.published.items():
-                    on_chain = self.registry.model(model_hash)
-                    if not on_chain.registered or on_chain.owner != r.address:
-                        raise RunFailed(f"{kind} 0x{model_hash.hex()} of node {r.address} is not registered to it")
+            published = [(r, kind, h) for r in nodes for kind, h in r.published.items()]
+            on_chain = self.registry.models([h for _, _, h in published])
+            for (r, kind, model_hash), record in zip(published, on_chain):  # the chain, not the store, says whose
+                if not record.registered or record.owner != r.address:
+                    raise RunFailed(f"{kind} 0x{model_hash.hex()} of node {r.address} is not registered to it")
             loaded = [
                 {kind: self.store.load(h, self.expected, owner=f"node {r.address}") for kind, h in r.published.items()}
                 for r in nodes
@@ -246,14 +247,22 @@ class Coordinator:
             raise RunFailed("no student was committed: nothing to evaluate")
         deadline = self.registry.deadline()
         contents, sent, sent_paths = {}, {}, {}
+        sent_models = {
+            r.node_id: [student]
+            + ([r.teacher_hash] if self.federation.mode == "one-shot" and r.teacher_hash else [])
+            + list(self.ledger.aggregates.values())
+            for r in self.active
+        }
+        pairs = [(h, r.address) for r in self.active for h in sent_models[r.node_id]]
+        attested = {pair for pair, (_, _, block) in zip(pairs, self.registry.accuracies(pairs)) if block != 0}
+        nonces = dict(zip(self.addresses, self.registry.nonces(self.addresses)))
         for r in self.active:
-            models = [student] + ([r.teacher_hash] if self.federation.mode == "one-shot" and r.teacher_hash else [])
-            models += list(self.ledger.aggregates.values())
+            models = sent_models[r.node_id]
             # only models the node's data went into, each with the path the contract checks; not twice
             paths = {h: lineage_path(h, r.owned, self.ledger.sources) for h in models}
-            attest = [h for h in models if paths[h] is not None and self.registry.accuracy(h, r.address)[2] == 0]
+            attest = [h for h in models if paths[h] is not None and (h, r.address) not in attested]
             sent_paths[r.node_id] = paths
-            task = sent[r.node_id] = self.task(nonce=self.registry.nonce(r.address), deadline=deadline, attest=attest)
+            task = sent[r.node_id] = self.task(nonce=nonces[r.address], deadline=deadline, attest=attest)
             files = ArrayRecord({h.hex(): blob_to_array(self.store.get(h)) for h in models})
             contents[r.node_id] = task.put(RecordDict({MODELS: files}))
         replies = self._exchange(grid, MessageType.EVALUATE, contents)
@@ -326,6 +335,11 @@ class Coordinator:
     def active(self) -> list[NodeRecord]:
         return [r for r in self.ledger.nodes if r.error is None]
 
+    @property
+    def addresses(self) -> list[str]:
+        """Every identified node's address, in partition order (what the chain is asked about in bulk)."""
+        return [r.address for r in self.ledger.nodes]
+
     # -- models and the chain ----------------------------------------------------------------
     def _spec(self):
         return spec_of(self.data.dataset)
@@ -357,9 +371,8 @@ class Coordinator:
         """Relay nodes' signed publications to ModelRegistry in batches (node/relay.py); a rerun on a persistent
         chain finds some there already. A node whose publication is refused drops out."""
         todo = []
-        for item in signed:
+        for item, existing in zip(signed, self.registry.models([i.publication.model_hash for i in signed])):
             pub = item.publication
-            existing = self.registry.model(pub.model_hash)
             if existing.registered and existing.owner == item.record.address:
                 log.info("%s 0x%s is already on-chain (block %d)", item.kind, pub.model_hash.hex(), existing.block)
             else:

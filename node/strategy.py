@@ -59,13 +59,12 @@ class RegisteringFedAvg(strategies.FedAvg):
         deadline = c.registry.deadline()
         round_ = 0 if self.one_shot else server_round
         messages, self.sent = [], {}
+        nonces = dict(zip(c.addresses, c.registry.nonces(c.addresses)))
         for message in super().configure_train(server_round, arrays, config, grid):
             record = nodes.get(message.metadata.dst_node_id)
             if record is None:  # not identified, or without the DATA_NODE role: no part in the run
                 continue
-            task = self.sent[record.node_id] = c.task(
-                nonce=c.registry.nonce(record.address), deadline=deadline, round=round_
-            )
+            task = self.sent[record.node_id] = c.task(nonce=nonces[record.address], deadline=deadline, round=round_)
             content = RecordDict(dict(message.content.items()))
             messages.append(
                 Message(task.put(content), dst_node_id=record.node_id, message_type=message.metadata.message_type)

@@ -107,13 +107,20 @@ def provision(scenario: Scenario, w3: Web3, out_dir: Path, setup_txs: list[dict]
             raise ConfigError(
                 f"chain.registry: no kdledger ModelRegistry at {registry.address} on {scenario.chain.rpc_url}"
             )
+        if not registry.has_batches():
+            raise ConfigError(
+                f"chain.registry: the ModelRegistry at {registry.address} predates batched records "
+                "(registerTeachers, attestBatch, multicall); deploy a new one (leave chain.registry out)"
+            )
     else:
         registry, tx = Registry.deploy(w3, admin)
         setup_txs.append({"what": "deploy ModelRegistry", "tx": tx})
     grants = [("RELAYER", relayer.address), ("DISTILLER", distiller.address)] + [
         ("DATA_NODE", address) for address in nodes
     ]
-    grants = [(role, address) for role, address in grants if not registry.has_role(role, address)]
+    granted = [registry.has_role(role, address) for role, address in grants[:2]]
+    granted += registry.have_role("DATA_NODE", [address for _, address in grants[2:]])
+    grants = [grant for grant, done in zip(grants, granted) if not done]
     for (role, address), tx in zip(grants, registry.grant_many(grants, admin, scenario.chain.batch_size)):
         setup_txs.append({"what": f"grant {role}", "account": address, "tx": tx})
     return registry, admin, relayer, distiller

@@ -366,3 +366,15 @@ def test_the_coordinator_relays_in_batches_and_a_refused_record_costs_only_its_n
     )
     last = c.ledger.transactions[-2:]
     assert last[0]["tx"] == last[1]["tx"] and last[0]["records"] == 2
+
+
+def test_reads_in_bulk_are_the_single_reads(deployed):
+    d = deployed
+    publish(d, d.node, h("r0"))
+    accounts = [d.node.address, d.other_node.address, d.outsider.address]
+    assert d.registry.nonces(accounts) == [d.registry.nonce(a) for a in accounts] == [1, 0, 0]
+    assert d.registry.have_role("DATA_NODE", accounts) == [True, True, False]
+    assert d.registry.models([h("r0"), h("none")]) == [d.registry.model(h("r0")), d.registry.model(h("none"))]
+    assert d.registry.accuracies([(h("r0"), d.node.address)]) == [(0, 0, 0)]
+    assert d.registry.read_many("nonces", [(a,) for a in accounts], batch_size=2) == [1, 0, 0]  # across calls
+    assert d.registry.has_batches()
