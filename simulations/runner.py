@@ -19,7 +19,7 @@ from chain.backends import connect, is_embedded
 from chain.errors import ConfigError, RunFailed
 from chain.events import fetch_events, write_export
 from chain.identity import KEY_PASSWORD_ENV, derive_account, key_password, load_key, run_id_of, save_key
-from chain.registry import Registry, checksummed, fund
+from chain.registry import ROLES, Registry, checksummed, fund
 from node.artifacts import ArtifactStore, new_seal_key, public_bytes, save_seal_key
 from node.server_app import Coordinator, RunLedger
 from simulations.report import write_run_dir
@@ -118,8 +118,7 @@ def provision(scenario: Scenario, w3: Web3, out_dir: Path, setup_txs: list[dict]
     grants = [("RELAYER", relayer.address), ("DISTILLER", distiller.address)] + [
         ("DATA_NODE", address) for address in nodes
     ]
-    granted = [registry.has_role(role, address) for role, address in grants[:2]]
-    granted += registry.have_role("DATA_NODE", [address for _, address in grants[2:]])
+    granted = registry.read_many("hasRole", [(ROLES[role], address) for role, address in grants])
     grants = [grant for grant, done in zip(grants, granted) if not done]
     for (role, address), tx in zip(grants, registry.grant_many(grants, admin, scenario.chain.batch_size)):
         setup_txs.append({"what": f"grant {role}", "account": address, "tx": tx})

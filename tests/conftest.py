@@ -2,6 +2,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,3 +80,33 @@ def kdledger(*args: str, timeout: float = 600, key_password: str | None = KEY_PA
         cwd=ROOT,
         env=env,
     )
+
+
+def flower_env(flwr_home: Path) -> dict:
+    """The environment every Flower CLI and process of a test runs in: its own FLWR_HOME, nothing phoned home
+    or installed, the run keys' password, and this venv's Flower commands first on PATH."""
+    return {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "KDLEDGER_KEY_PASSWORD": KEY_PASSWORD,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+
+
+def flwr_run(superlink: str, scenario: Path, out: Path, env: dict) -> None:
+    """`flwr run .` of a scenario on the named SuperLink, then wait (10 minutes at most) for its run directory."""
+    submit = subprocess.run(
+        ["flwr", "run", ".", superlink, "--run-config", f'scenario="{scenario}" out="{out}"'],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
+    deadline = time.monotonic() + 600
+    while not (out / "report.md").exists() and time.monotonic() < deadline:
+        time.sleep(2)

@@ -5,14 +5,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import KEY_PASSWORD, ROOT, free_port
+from conftest import KEY_PASSWORD, flower_env, flwr_run, free_port
 from eth_account import Account
 from test_end_to_end import reduced_quickstart
 
@@ -49,15 +47,7 @@ def test_a_federation_of_supernodes_with_their_own_keys_records_everything_on_ch
         pytest.skip(str(exc))
     flwr_home, out = tmp_path / "flwr-home", tmp_path / "run"
     flwr_home.mkdir()
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "KDLEDGER_KEY_PASSWORD": KEY_PASSWORD,
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
+    env = flower_env(flwr_home)
     link_port = free_port()
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "lab"\n\n[superlink.lab]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
@@ -84,18 +74,7 @@ def test_a_federation_of_supernodes_with_their_own_keys_records_everything_on_ch
                 node = ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}"]
                 node += ["--host", "127.0.0.1", "--port", str(free_port()), "--node-config", config]
                 processes.append(start(node, tmp_path / f"supernode-{i}.log", env))
-            started = time.monotonic()
-            submit = subprocess.run(
-                ["flwr", "run", ".", "lab", "--run-config", f'scenario="{scenario}" out="{out}"'],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
-            while not (out / "report.md").exists() and time.monotonic() < started + 600:
-                time.sleep(2)
+            flwr_run("lab", scenario, out, env)
         finally:
             stop(processes)
         assert (out / "report.md").exists(), (tmp_path / "superlink.log").read_text()[-3000:]

@@ -4,13 +4,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, free_port
+from conftest import ROOT, flower_env, flwr_run, free_port
 from test_end_to_end import reduced_quickstart
 
 from chain.devnet import Devnet, DevnetError, foundry_tool
@@ -34,32 +31,13 @@ def test_flwr_run_against_a_devnet(tmp_path):
         '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\noptions.num-supernodes = 3\n'
     )
     scenario, out = reduced_quickstart(tmp_path), tmp_path / "run"
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "KDLEDGER_KEY_PASSWORD": "a test password",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
+    env = flower_env(flwr_home)
     with Devnet(port=free_port()) as net:
         spec = yaml.safe_load(scenario.read_text())
         spec["chain"] = {"rpc_url": net.rpc_url}
         scenario.write_text(yaml.safe_dump(spec))
         try:
-            submit = subprocess.run(
-                ["flwr", "run", ".", "local", "--run-config", f'scenario="{scenario}" out="{out}"'],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
-            deadline = time.monotonic() + 600
-            while not (out / "report.md").exists() and time.monotonic() < deadline:
-                time.sleep(2)
+            flwr_run("local", scenario, out, env)
         finally:
             stop_by_pid(str(flwr_home))  # the local SuperLink the CLI started, and its simulation
         assert (out / "report.md").exists(), "the ServerApp did not finish the run"
