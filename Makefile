@@ -6,11 +6,11 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.kdledger-setup
 
-.PHONY: setup datasets demo lint test test-all bench clean
+.PHONY: setup datasets browser demo lint test test-all bench clean
 
 FMNIST := /usr/share/datasets/fashion-mnist
 
-setup: $(STAMP) node_modules/.package-lock.json datasets
+setup: $(STAMP) node_modules/.package-lock.json datasets browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,15 @@ datasets:
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
 	  || echo "note: could not install dataset-fashion-mnist; fashion-mnist runs need data.path"; \
 	else echo "note: no root apt here; for fashion-mnist install Debian's dataset-fashion-mnist or set data.path"; fi
+
+# Debian's Chromium for the explorer's browser tests (Playwright drives it; its own download host is unreachable)
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "note: could not install chromium; the browser tests will skip"; \
+	else echo "note: no root apt here; install Debian's chromium for the browser tests (they skip without it)"; fi
 
 demo: setup
 	$(VENV)/bin/kdledger run simulations/scenarios/quickstart.yaml
