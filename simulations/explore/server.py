@@ -23,15 +23,17 @@ def load_sources(run_dirs: list[Path], rpc: str | None, address: str | None) -> 
     the chain at --rpc/--address. A directory that is not a run, or a chain that does not answer, is an error."""
     from simulations.cli import _events_from
 
-    if not run_dirs and not (rpc and address):
-        raise ConfigError("say what to explore: one or more run directories, or --rpc URL --address ADDR")
     if bool(rpc) != bool(address):
-        raise ConfigError("--rpc and --address go together")
+        raise ConfigError("--rpc and --address go together: the chain's URL and the ModelRegistry's address")
+    if not run_dirs and not rpc:
+        raise ConfigError("say what to explore: one or more run directories, or --rpc URL --address ADDR")
     sources: list[Source] = []
     live: dict[tuple[str, str], Source] = {}
     for run_dir in run_dirs:
         if not Path(run_dir).is_dir():
             raise ConfigError(f"{run_dir}: not a directory (a run directory written by `kdledger run`)")
+        if not (Path(run_dir) / "chain.json").is_file():
+            raise ConfigError(f"{run_dir}: no chain.json there (is it a run directory written by `kdledger run`?)")
         events, info = _events_from(run_dir, None, None, whole_chain=True)
         if info.get("rpc_url"):
             key = (info["rpc_url"], str(info["contract"]).lower())
