@@ -252,7 +252,8 @@ function renderAccuracies(tables) {
 
 function accuracyTable(t) {
   const head = h("tr", {}, h("th", {}, "data node"), t.columns.map((c) =>
-    h("th", { class: "num", "data-column": c.key }, c.model ? modelLink(c.model, c.label) : c.label)));
+    h("th", { class: "num", "data-column": c.key },
+      c.model ? h("a", { href: `#model=${lower(c.model)}`, title: c.model, "data-model": lower(c.model) }, c.label) : c.label)));
   const rows = t.nodes.map((node) => h("tr", { "data-node": lower(node) }, h("td", {}, nodeLink(node)), t.columns.map((c) => {
     const cell = t.cells[node][c.key];
     if (!cell) return h("td", { class: "num muted" }, "–");
