@@ -1,6 +1,7 @@
 """`kdledger explore`: its JSON API against a reduced quickstart run, checked against the chain's own records, and
 the page itself in a real headless Chromium driven through Playwright (skipped where either is missing)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -54,10 +55,9 @@ def chain_records(run_dir):
     return {"events": events, "by": by, "student": student["args"]["modelHash"]}
 
 
-@pytest.fixture(scope="module")
-def server(run_dir):
-    """The app on a free port of 127.0.0.1, in a thread, stopped through should_exit."""
-    app = create_app(lambda: load_sources([run_dir], None, None))
+@contextlib.contextmanager
+def serving(app):
+    """`app` on a free port of 127.0.0.1, in a thread, stopped through should_exit."""
     sock = bind(0)
     srv = make_server(app, sock)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -66,11 +66,19 @@ def server(run_dir):
     while not srv.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert srv.started
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(15)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(15)
+        sock.close()
     assert not thread.is_alive()
-    sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    with serving(create_app(lambda: load_sources([run_dir], None, None))) as url:
+        yield url
 
 
 def get(url: str, headers: dict | None = None):
@@ -294,3 +302,80 @@ def test_teacher_file_is_in_the_students_lineage(page, run_dir, chain_records, t
     page.wait_for_selector("#verify-result[data-status='registered']")
     result = page.locator("#verify-result")
     assert "teacher" in result.inner_text() and result.locator(f"a[data-model='{chain_records['student']}']").count()
+
+
+# ---- the helpers, on events made up for the purpose ----------------------------------------------------------
+
+
+def _h(i: int) -> str:
+    return "0x" + f"{i:064x}"
+
+
+def _addr(i: int) -> str:
+    return "0x" + f"{i:040x}"
+
+
+def _fedavg_events(nodes: int, rounds: int) -> list[dict]:
+    """A FedAvg run: each round's teachers, their aggregate, the student of the last one, every attestation."""
+    run, events, tx = _h(999), [], iter(range(1, 10**6))
+
+    def ev(name, block, **args):
+        events.append({"event": name, "block": block, "tx": _h(next(tx)), "log_index": 0, "args": args})
+
+    for r in range(1, rounds + 1):
+        teachers = [_h(1000 * r + n) for n in range(nodes)]
+        for n, t in enumerate(teachers):
+            ev("TeacherRegistered", 2 * r, modelHash=t, node=_addr(n + 1), runId=run, kind=1, round=r, uri="")
+        sources = teachers + ([_h(100_000 + r - 1)] if r > 1 else [])
+        ev("AggregateRegistered", 2 * r + 1, modelHash=_h(100_000 + r), coordinator=_addr(500), runId=run, round=r,
+           sourceHashes=sources, method="FedAvg", exampleCount=10 * nodes, uri="")  # fmt: skip
+    ev("StudentCommitted", 99, modelHash=_h(7), distiller=_addr(600), runId=run, teacherHashes=[_h(100_000 + rounds)],
+       method="fast", configHash=_h(8), sampleCount=64, uri="")  # fmt: skip
+    for n in range(nodes):
+        for m, bps in ((_h(100_000 + rounds - 1), 8000), (_h(100_000 + rounds), 9000), (_h(7), 8500 + n)):
+            ev("AccuracyAttested", 100, modelHash=m, node=_addr(n + 1), runId=run, accuracyBps=bps, numExamples=10)
+    return events
+
+
+def test_lineage_graph_layers_and_its_limit():
+    events = _fedavg_events(nodes=3, rounds=2)
+    graph = provenance.lineage_graph(events, _h(7))
+    layer = {n["id"]: n["layer"] for n in graph["nodes"]}
+    assert layer[_h(7)] == 0 and layer[_h(100_002)] == 1
+    assert layer[_h(100_001)] == 2  # round 1's aggregate, a source of round 2's
+    assert layer[_h(1001)] == 3  # round 1's teachers: one past the deepest model naming them
+    assert {n["id"] for n in graph["nodes"] if n["type"] == "data-node"} == {_addr(i) for i in (1, 2, 3)}
+    assert {n["layer"] for n in graph["nodes"] if n["type"] == "data-node"} == {4}
+    assert provenance.lineage_graph(events, _h(12345)) is None
+    big = provenance.lineage_graph(_fedavg_events(nodes=80, rounds=1), _h(7), limit=60)
+    teachers = [n for n in big["nodes"] if n["kind"] == "teacher"]
+    assert len(teachers) == 60 and big["hidden"] == {2: 20, 3: 20}
+    assert all(e["source"] in {n["id"] for n in big["nodes"]} for e in big["edges"])
+
+
+def test_accuracy_tables_name_columns_from_the_chain():
+    (table,) = provenance.accuracy_tables(_fedavg_events(nodes=3, rounds=2))
+    assert [c["label"] for c in table["columns"]] == ["FedAvg round 1", "FedAvg round 2", "student"]
+    assert table["nodes"] == [_addr(1), _addr(2), _addr(3)]
+    assert table["columns"][-1]["weighted_mean_bps"] == 8501
+    assert provenance.used_by(_fedavg_events(nodes=2, rounds=2), _h(1001)) == [_h(100_001), _h(100_002), _h(7)]
+
+
+def test_a_live_chain_alone(anvil):
+    """--rpc/--address: a chain with no run directory (anvil; skipped where it is not installed)."""
+    from chain.backends import connect
+    from chain.identity import derive_account
+    from chain.registry import Registry, fund
+
+    w3 = connect(anvil.rpc_url)
+    admin, node = derive_account(11, "admin"), derive_account(11, "node-0")
+    fund(w3, [admin.address])
+    registry, _ = Registry.deploy(w3, admin)
+    registry.grant("DATA_NODE", node.address, admin)
+    (source,) = load_sources([], anvil.rpc_url, registry.address)
+    assert source.label == anvil.rpc_url and source.roots == []
+    assert [e["event"] for e in source.events][-1] == "RoleGranted"
+    with serving(create_app(lambda: [source])) as url:
+        assert get(f"{url}/api/students") == [] and get(f"{url}/api/accuracies") == []
+        (summary,) = get(f"{url}/api/sources")
+    assert summary["rpc_url"] == anvil.rpc_url and summary["roles"][source.events[-1]["args"]["role"]] == "DATA_NODE"

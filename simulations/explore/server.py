@@ -40,7 +40,7 @@ def load_sources(run_dirs: list[Path], rpc: str | None, address: str | None) -> 
             if key in live:
                 live[key].roots.append(Path(run_dir))
                 continue
-            live[key] = Source(f"{info['rpc_url']} {info['contract']}", events, info, [Path(run_dir)])
+            live[key] = Source(info["rpc_url"], events, info, [Path(run_dir)])
             sources.append(live[key])
         else:
             sources.append(Source(str(run_dir), events, info, [Path(run_dir)]))
@@ -48,7 +48,7 @@ def load_sources(run_dirs: list[Path], rpc: str | None, address: str | None) -> 
         events, info = _events_from(None, rpc, address, whole_chain=True)
         key = (rpc, str(info["contract"]).lower())
         if key not in live:
-            sources.append(Source(f"{rpc} {info['contract']}", events, info, []))
+            sources.append(Source(rpc, events, info, []))
     return sources
 
 

@@ -80,7 +80,7 @@ async function load() {
   state.source = Number(params.get("source") || state.source || 0);
   state.sources = await (await fetch("/api/sources", { cache: "no-store" })).json();
   const select = $("source");
-  select.replaceChildren(...state.sources.map((src) => h("option", { value: src.id }, src.label)));
+  select.replaceChildren(...state.sources.map((src) => h("option", { value: src.id }, src.rpc_url ? `${src.label} · ${short(src.contract, 10)}` : src.label)));
   select.value = String(state.source);
   select.hidden = state.sources.length < 2;
   const [students, tables, events, txs] = await Promise.all([api("students"), api("accuracies"), api("events"), api("transactions")]);
@@ -268,7 +268,8 @@ function accuracyTable(t) {
 }
 
 function accuracyChart(t) {
-  const groups = [...t.nodes.map((n) => ({ label: short(n, 6), key: n, cells: t.cells[n] })),
+  const CHART_NODES = 24; // a federation of hundreds: the first nodes and the mean; the table has them all
+  const groups = [...t.nodes.slice(0, CHART_NODES).map((n) => ({ label: short(n, 6), key: n, cells: t.cells[n] })),
     { label: "weighted mean", key: "mean", cells: Object.fromEntries(t.columns.map((c) => [c.key, { accuracy_bps: c.weighted_mean_bps }])) }];
   const bar = Math.max(7, Math.min(18, 90 / t.columns.length)), gap = 30, left = 40, top = 10, plotH = 190;
   const groupW = bar * t.columns.length;
@@ -299,6 +300,9 @@ function accuracyChart(t) {
     lx += 24 + 6.5 * c.label.length;
   });
   svg.append(legendRow);
+  if (t.nodes.length > CHART_NODES) {
+    return h("div", {}, svg, h("p", { class: "muted" }, `The first ${CHART_NODES} of ${t.nodes.length} nodes, and the mean over all.`));
+  }
   return svg;
 }
 
@@ -496,12 +500,13 @@ async function verifyFile(file) {
     box.replaceChildren(
       h("div", { class: "verdict" }, "✔ Registered"),
       h("div", {}, h("b", {}, file.name), " hashes to ", h("span", { class: "mono" }, short(hex, 14)), "."),
-      ...r.matches.map((m) => h("div", { class: "match" },
+      ...r.matches.map((m) => h("div", { class: "match", "data-source": m.source },
         facts([
           ["kind", kindBadge(m.kind)],
           ["by", h("span", {}, roleOf(m.kind), " ", nodeLink(m.by))],
           ["block · tx", h("span", {}, blockLink(m.block), " · ", txLink(m.tx))],
           ["record", modelLink(m.model_hash)],
+          ["source", m.source === state.source ? null : h("a", { href: `#model=${lower(m.model_hash)}` }, "open its source")],
           ["where", r.matches.length > 1 || state.sources.length > 1 ? m.label : `chain ${m.chain_id}`],
         ]),
         m.kind === "student" ? h("div", {}, "It is itself a student.") : null,
@@ -510,6 +515,10 @@ async function verifyFile(file) {
             h("ul", {}, m.students.map((st) => h("li", {}, modelLink(st)))))
           : m.kind !== "student" ? h("div", { class: "muted" }, "No student names it in its lineage.") : null)),
     );
+    for (const div of box.querySelectorAll(".match")) { // a record of another source: its links open that source
+      if (Number(div.dataset.source) === state.source) continue;
+      for (const a of div.querySelectorAll("a[href^='#']")) a.setAttribute("href", `?source=${div.dataset.source}${a.getAttribute("href")}`);
+    }
   } else {
     box.className = "verify-result bad";
     box.dataset.status = "not-registered";
