@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -66,6 +67,14 @@ class Explorer:
 
 class _NotFound(Exception):
     pass
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What reading a source may meet that is the world's fault (a chain gone since the start), as the CLI
+    names it: said to the page, not raised as a server error."""
+    from simulations.cli import _user_errors as errors
+
+    return errors()
 
 
 def _norm(h: str) -> str:
@@ -204,9 +213,11 @@ def create_app(load: Callable[[], list[Source]]) -> Starlette:
     def api(fn):
         async def endpoint(request: Request) -> Response:
             try:
-                body = fn(request)
+                body = await run_in_threadpool(fn, request)  # reading a live chain must not stall the page
             except _NotFound as exc:
                 return JSONResponse({"error": str(exc)}, status_code=404)
+            except _user_errors() as exc:  # a chain gone since the start: said, not a 500
+                return JSONResponse({"error": str(exc)}, status_code=503)
             return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
         return endpoint
@@ -243,9 +254,9 @@ def create_app(load: Callable[[], list[Source]]) -> Starlette:
     def verify_hash(request: Request):
         return verify(ex.sources, hash_param(request))
 
-    async def reload(request: Request) -> Response:
+    def reload(request: Request):
         ex.reload()
-        return JSONResponse({"reloaded": len(ex.sources)})
+        return {"reloaded": len(ex.sources)}
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
@@ -259,7 +270,7 @@ def create_app(load: Callable[[], list[Source]]) -> Starlette:
         Route("/api/transactions", api(txs)),
         Route("/api/models/{model_hash}", api(model)),
         Route("/api/verify/{model_hash}", api(verify_hash)),
-        Route("/api/reload", reload, methods=["POST"]),
+        Route("/api/reload", api(reload), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     # only this machine's names: a page elsewhere that rebinds its own name to 127.0.0.1 is refused

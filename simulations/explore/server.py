@@ -67,6 +67,20 @@ def bind(port: int) -> socket.socket:
     return sock
 
 
+def open_in_browser(url: str) -> bool:
+    """Open `url` in a graphical browser, in the background; False where there is none (no display on Linux: a
+    text browser would take over the terminal the server runs in)."""
+    import os
+    import sys
+    import threading
+    import webbrowser
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+    return True
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):  # serve() below owns the signals: a clean stop, not a re-raised SIGINT

@@ -550,7 +550,12 @@ function wire() {
     load();
   });
   $("reload").addEventListener("click", async () => {
-    await fetch("/api/reload", { method: "POST" });
+    const r = await fetch("/api/reload", { method: "POST" });
+    if (!r.ok) {
+      const why = (await r.json().catch(() => ({}))).error || `HTTP ${r.status}`;
+      $("summary").prepend(h("p", { class: "error", role: "alert" }, `Reload failed: ${why}`));
+      return;
+    }
     load();
   });
   window.addEventListener("hashchange", route);
