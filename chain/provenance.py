@@ -140,7 +140,7 @@ def index_events(events: list[dict]) -> dict[str, Registration]:
                         "num_examples": a["numExamples"],
                         "block": e["block"],
                         "tx": e["tx"],
-                        "run_id": a["runId"],
+                        "run_id": a.get("runId", model.run_id),
                     }
                 )
     return models
