@@ -81,7 +81,7 @@ class Registration:
     sample_count: int | None = None  # a student's synthetic samples
     example_count: int | None = None  # an aggregate's training examples behind its sources
     teachers: list[str] = field(default_factory=list)
-    accuracies: list[dict] = field(default_factory=list)  # {node, accuracy_bps, num_examples, block, tx}
+    accuracies: list[dict] = field(default_factory=list)  # {node, accuracy_bps, num_examples, block, tx, run_id}
 
 
 def index_events(events: list[dict]) -> dict[str, Registration]:
@@ -140,6 +140,7 @@ def index_events(events: list[dict]) -> dict[str, Registration]:
                         "num_examples": a["numExamples"],
                         "block": e["block"],
                         "tx": e["tx"],
+                        "run_id": a.get("runId", model.run_id),
                     }
                 )
     return models
@@ -168,3 +169,144 @@ def lineage(events: list[dict], model_hash: str, roots: Sequence[Path] = ()) -> 
 
     h = _norm(model_hash)
     return tree(h, frozenset()) if h in models else None
+
+
+def run_root(run_id: str, roots: Sequence[Path]) -> Path | None:
+    """The run directory among `roots` whose run.json names `run_id` (a record's runId), or None."""
+    return next((Path(r) for r in roots if _run_id_in(str(r)) == _norm(run_id)), None)
+
+
+def used_by(events: list[dict], model_hash: str) -> list[str]:
+    """The models whose lineage holds `model_hash`, directly or through others, in registration order."""
+    models = index_events(events)
+    h, found = _norm(model_hash), set()
+    grew = True
+    while grew:  # a few passes: a lineage is a handful of levels deep
+        grew = False
+        for m, reg in models.items():
+            if m not in found and any(t == h or t in found for t in reg.teachers):
+                found.add(m)
+                grew = True
+    return [m for m in models if m in found]
+
+
+_PUBLISHED = ("teacher", "ebm", "generator")  # what a data node signs; its owner is that node
+
+
+def lineage_graph(events: list[dict], model_hash: str, limit: int = 60) -> dict | None:
+    """A model's lineage as a layered graph for drawing: the model in layer 0, what it came from in the layers
+    after (a record sits one layer past the deepest model that names it), and the data nodes that published
+    the teachers, EBMs and generators in the last layer. Nodes: {id, type: model|data-node, layer, kind, owner,
+    registered}; edges: {source, target}, the source flowing into the target. A layer of more than `limit`
+    nodes keeps its first `limit` and counts the rest in `hidden` (a 1 000-node federation stays drawable).
+    None if the model is not registered."""
+    models = index_events(events)
+    root = _norm(model_hash)
+    if root not in models:
+        return None
+    layer = {root: 0}
+    order = [root]
+    frontier = [root]
+    while frontier:  # longest path from the root, by relaxation; lineages are acyclic (sources exist first)
+        nxt = []
+        for h in frontier:
+            reg = models.get(h)
+            for t in reg.teachers if reg else []:
+                if t not in layer:
+                    order.append(t)
+                if layer.get(t, -1) < layer[h] + 1:
+                    layer[t] = layer[h] + 1
+                    nxt.append(t)
+        frontier = nxt
+    last = max(layer.values()) + 1
+    nodes: list[dict] = []
+    edges: list[dict] = []
+    for h in order:
+        reg = models.get(h)
+        nodes.append(
+            {
+                "id": h,
+                "type": "model",
+                "layer": layer[h],
+                "registered": reg is not None,
+                "kind": reg.kind if reg else None,
+                "owner": reg.owner if reg else None,
+                "method": reg.method if reg else None,
+            }
+        )
+        for t in reg.teachers if reg else []:
+            edges.append({"source": t, "target": h})
+    data_nodes: list[str] = []
+    for h in order:
+        reg = models.get(h)
+        if reg is not None and reg.kind in _PUBLISHED:
+            if reg.owner not in data_nodes:
+                data_nodes.append(reg.owner)
+            edges.append({"source": reg.owner, "target": h})
+    nodes += [
+        {"id": a, "type": "data-node", "layer": last, "registered": True, "kind": "data node"} for a in data_nodes
+    ]
+    kept: list[dict] = []
+    shown: dict[int, int] = {}
+    hidden: dict[int, int] = {}
+    for n in nodes:
+        at = int(n["layer"])
+        if shown.get(at, 0) < limit:
+            kept.append(n)
+            shown[at] = shown.get(at, 0) + 1
+        else:
+            hidden[at] = hidden.get(at, 0) + 1
+    ids = {n["id"] for n in kept}
+    edges = [e for e in edges if e["source"] in ids and e["target"] in ids]
+    return {"root": root, "nodes": kept, "edges": edges, "hidden": hidden}
+
+
+def accuracy_tables(events: list[dict]) -> list[dict]:
+    """What each data node attested, one table per run: {run_id, nodes, columns, cells}. A column is a model
+    the run's nodes measured, named from the chain alone: "own teacher" (each node's own teacher, one model per
+    row), an aggregate by its method ("ensemble", "FedAvg (one-shot)"; with its round when several share a
+    method), "student"; cells[node][column key] = {model, accuracy_bps, num_examples, block, tx}. Each column
+    also carries the mean of its cells weighted by their examples (`weighted_mean_bps`)."""
+    models = index_events(events)
+    runs: dict[str, list[tuple[Registration, dict]]] = {}
+    for reg in models.values():
+        for acc in reg.accuracies:
+            runs.setdefault(_norm(acc["run_id"]), []).append((reg, acc))
+    tables = []
+    for run_id, pairs in runs.items():
+        publishers = [r.owner for r in models.values() if r.kind in _PUBLISHED and _norm(r.run_id) == run_id]
+        attesters = [a["node"] for _, a in pairs]
+        nodes = list(dict.fromkeys(publishers + attesters))
+        nodes = [n for n in nodes if n in attesters]
+
+        def rank(reg: Registration) -> int:  # own models first, then aggregates, then students
+            return {"student": 2, "aggregate": 1}.get(reg.kind, 0)
+
+        columns: dict[str, dict] = {}
+        labels: dict[str, list[str]] = {}
+        cells: dict[str, dict] = {n: {} for n in nodes}
+        for reg, acc in sorted(pairs, key=lambda p: (rank(p[0]), p[0].block)):
+            model: str | None
+            if reg.kind in _PUBLISHED and reg.owner == acc["node"]:
+                key, label, model = f"own-{reg.kind}", f"own {reg.kind}", None
+            else:
+                label = (reg.method if reg.kind == "aggregate" else None) or reg.kind
+                key, model = reg.model_hash, reg.model_hash
+            if key not in columns:
+                columns[key] = {"key": key, "label": label, "model": model, "kind": reg.kind}
+                labels.setdefault(columns[key]["label"], []).append(key)
+            cells[acc["node"]][key] = {"model": reg.model_hash, **{k: acc[k] for k in acc if k != "node"}}
+        for label, keys in labels.items():  # two models of one name: tell them apart
+            if len(keys) > 1:
+                for k in keys:
+                    reg = models[k]
+                    tell = f"round {reg.round}" if reg.kind == "aggregate" else f"{k[:8]}…"
+                    columns[k]["label"] = f"{label} {tell}"
+        for key, col in columns.items():
+            got = [cells[n][key] for n in nodes if key in cells[n]]
+            total = sum(c["num_examples"] for c in got)
+            col["weighted_mean_bps"] = (
+                round(sum(c["accuracy_bps"] * c["num_examples"] for c in got) / total) if total else None
+            )
+        tables.append({"run_id": run_id, "nodes": nodes, "columns": list(columns.values()), "cells": cells})
+    return tables

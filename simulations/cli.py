@@ -321,6 +321,34 @@ def verify(
 
 @app.command()
 @one_line_errors
+def explore(
+    run_dirs: Optional[list[Path]] = typer.Argument(None, help="run directories written by `kdledger run`"),
+    rpc: Optional[str] = RPC_OPT,
+    address: Optional[str] = ADDRESS_OPT,
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="port on 127.0.0.1 (0: any free port)"),
+    open_browser: bool = typer.Option(True, "--open/--no-open", help="open the page in a browser"),
+) -> None:
+    """A local web page over the provenance records: each student's lineage graph, the accuracies every node
+    attested, the event log, and a box that hashes a file in the browser and says whether it is registered.
+    Listens on 127.0.0.1 only; Ctrl-C stops it."""
+    from simulations.explore.app import create_app
+    from simulations.explore.server import bind, load_sources, open_in_browser, serve
+
+    dirs = list(run_dirs or [])
+    app_ = create_app(lambda: load_sources(dirs, rpc, address))
+    sock = bind(port)
+
+    def ready(url: str) -> None:
+        console.print(f"explorer on [bold]{url}[/] (Ctrl-C to stop)", highlight=False)
+        if open_browser and not open_in_browser(url):
+            console.print("no graphical browser here: open the address above yourself", highlight=False)
+
+    serve(app_, sock, on_ready=ready)
+    console.print("explorer stopped", highlight=False)
+
+
+@app.command()
+@one_line_errors
 def devnet(
     port: int = typer.Option(8545, "--port", help="port on 127.0.0.1"),
     state: Path = typer.Option(Path("runs/devnet-state.json"), "--state", help="file the chain is kept in"),
