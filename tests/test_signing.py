@@ -166,3 +166,40 @@ def test_a_party_keeps_one_public_key_per_run(tmp_path):
 def test_a_sealed_files_bundle_lies_beside_its_plaintexts_name(tmp_path):
     assert bundle_path(tmp_path / "ab.safetensors") == tmp_path / "ab.safetensors.sig"
     assert bundle_path(tmp_path / "ab.safetensors.enc") == tmp_path / "ab.safetensors.sig"
+
+
+def test_the_coordinator_refuses_a_nodes_bundle_that_does_not_verify(tmp_path):
+    """The coordinator checks each node's bundle against the file it rebuilt before relaying the node's
+    signature; a bundle by another key is an ArtifactError (the node drops out) and is not kept."""
+    from chain.errors import ArtifactError
+    from node.artifacts import ArtifactStore
+    from node.config import DataConfig, DistillConfig, TeacherConfig
+    from node.server_app import Coordinator
+
+    relayer, distiller = derive_account(0, "relayer"), derive_account(0, "distiller")
+    store = ArtifactStore(tmp_path / "run" / "store")
+    configs = DataConfig(), TeacherConfig(), DistillConfig()
+    c = Coordinator(None, relayer, distiller, store, b"\0" * 32, {}, 0, 2, *configs, tmp_path / "run" / "keys")
+    file, bundle, pub = signed_file(tmp_path)
+    model_hash = store.put(file.read_bytes())
+    alice_pem = pub.read_bytes()
+    c.keep_node_bundle(ALICE.address, alice_pem, model_hash, bundle.read_bytes(), sealed=False)
+    kept = bundle_path(store.path(model_hash))
+    assert kept.read_bytes() == bundle.read_bytes()
+    assert (tmp_path / "run" / "public-keys" / f"{ALICE.address}.pub").read_bytes() == alice_pem
+    kept.unlink()
+    by_bob = sign_blob(derive_signing_key(bytes(BOB.key)), file.read_bytes())
+    with pytest.raises(ArtifactError, match="made by another key"):
+        c.keep_node_bundle(ALICE.address, alice_pem, model_hash, by_bob, sealed=False)
+    assert not kept.exists()
+    with pytest.raises(ArtifactError, match="another signing key"):  # a node has one key in a run
+        c.keep_node_bundle(ALICE.address, public_pem(derive_signing_key(bytes(BOB.key))), model_hash, by_bob, False)
+
+
+def test_verify_does_not_import_torch():
+    """`kdledger verify` reads JSON, the chain and bundles: it starts in a second or two, not in torch's seven."""
+    probe = (
+        "import sys, simulations.cli as c, node.signing as s, model_signing.verifying; print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
