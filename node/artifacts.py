@@ -128,17 +128,28 @@ def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, 
 
 
 def serialize(
-    model: torch.nn.Module, architecture: str, input_shape, num_classes: int, *, label_counts: list[int] | None = None
+    model: torch.nn.Module,
+    architecture: str,
+    input_shape,
+    num_classes: int,
+    *,
+    label_counts: list[int] | None = None,
+    signing_key: str | None = None,
 ) -> bytes:
     """Same weights, same bytes, in any process. An Ensemble of `architecture` members is one file too.
 
     A teacher's file can carry the class histogram of the data it was trained on: inside the file,
     it is covered by the hash its node signs, so the distiller can weigh the teacher per class by
     what it saw without trusting anyone's word for it.
+
+    `signing_key`: the SHA-256 (hex) of the DER SubjectPublicKeyInfo of the key that signs the file's OpenSSF
+    model-signing bundle (node/signing.py); inside the file, the on-chain hash binds that key to its registrant.
     """
     meta = {"architecture": architecture, "input_shape": json.dumps(list(input_shape)), "num_classes": str(num_classes)}
     if label_counts is not None:
         meta["label_counts"] = json.dumps([int(c) for c in label_counts])
+    if signing_key is not None:
+        meta["signing_key_sha256"] = signing_key
     if isinstance(model, Ensemble):
         meta |= {"architecture": f"ensemble:{architecture}", "members": str(len(model.members))}
     return canonical_safetensors(model.state_dict(), meta)
@@ -173,6 +184,7 @@ class Metadata(BaseModel):
     num_classes: int = Field(ge=1, le=100_000)
     members: int | None = Field(None, ge=1, le=10_000)
     label_counts: list[int] | None = Field(None, max_length=100_000)
+    signing_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # node/signing.py
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The data node: a Flower ClientApp. Its data never leaves it.
 
 - query: who am I (address) and how much data I hold;
-- train: train a teacher on my private train split, publish only its weights and my signature
-  over their hash;
+- train: train a teacher on my private train split, publish only its weights, my signature over
+  their hash and an OpenSSF model-signing bundle of the file by my signing key (node/signing.py);
 - evaluate: measure the models I am sent on my private test split and sign what I measured.
 
 The node's key is its own: from the node config's `key-file` (deployment), or, in a simulation,
@@ -46,6 +46,7 @@ from node.messages import (
     train_metrics,
 )
 from node.models import build_model
+from node.signing import derive_signing_key, fingerprint, public_pem, sign_blob
 from node.training import accuracy, train_classifier
 
 app = ClientApp()
@@ -154,7 +155,8 @@ def train(msg: Message, context: Context) -> Message:
             space=InputSpace(spec.input_shape, *spec.bounds, flip=spec.flip),
         )
     counts = label_counts(train_split, spec.num_classes)
-    content, hashes, signatures = RecordDict(), [], []
+    signer = derive_signing_key(bytes(node.account.key))  # the node's own: the coordinator never holds it
+    content, hashes, signatures, bundles = RecordDict(), [], [], []
     for i, (kind, published_model) in enumerate(published.items()):
         blob = serialize(
             published_model,
@@ -162,7 +164,9 @@ def train(msg: Message, context: Context) -> Message:
             spec.input_shape,
             spec.num_classes,
             label_counts=counts if kind == "teacher" else None,
+            signing_key=fingerprint(signer),
         )
+        bundles.append(sign_blob(signer, blob).decode())
         publication = Publication(
             node=node.account.address,
             model_hash=sha256(blob),
@@ -180,7 +184,9 @@ def train(msg: Message, context: Context) -> Message:
             content[key] = ArrayRecord(published_model.state_dict())
         hashes.append(publication.model_hash)
         signatures.append(sign(node.account, publication, task.domain()))
-    Publications(node.account.address, list(published), hashes, signatures).put(content)
+    Publications(node.account.address, list(published), hashes, signatures, public_pem(signer).decode(), bundles).put(
+        content
+    )
     content[METRICS] = train_metrics(loss, len(train_split))
     return _reply(msg, content)
 

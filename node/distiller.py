@@ -51,6 +51,7 @@ def distill_student(
     *,
     seed: int,
     progress: Callable[[str, int, int], None] | None = None,
+    signing_key: str | None = None,
 ) -> tuple[bytes, DistillResult, dict]:
     """The student's bytes, the run's record, and what ran: the method's variant (e.g. GenKD with published
     EBMs), its options with every default filled in, the device, the thread count and torch's version:
@@ -58,7 +59,8 @@ def distill_student(
 
     `node_models` holds, per node, its verified teacher and whatever else it published for the method;
     `teacher` is what the student learns from (one node's teacher, the global one, or the nodes' ensemble);
-    `shares` are the nodes' shares of the data, for methods that synthesise per node.
+    `shares` are the nodes' shares of the data, for methods that synthesise per node;
+    `signing_key`: the fingerprint of the distiller's signing key, written into the student's file (node/signing.py).
     """
     device = resolve_device(cfg.device)
     with reproducible(device, cfg.threads):
@@ -78,4 +80,5 @@ def distill_student(
             "torch": torch.__version__,
         }
         result = distill(synthesizer, cfg, seed=seed, progress=progress)
-        return serialize(result.student, cfg.student, spec.input_shape, spec.num_classes), result, as_run
+        blob = serialize(result.student, cfg.student, spec.input_shape, spec.num_classes, signing_key=signing_key)
+        return blob, result, as_run

@@ -11,7 +11,8 @@ node -> coordinator
     QUERY reply     "identity"    Identity      who the node is and how much data it holds
     TRAIN reply     "arrays"      ArrayRecord: the teacher's weights, or {"sealed": ciphertext}
                     "<kind>"      ArrayRecord per other kind the method asked of nodes (e.g. "ebm")
-                    "publication" Publications  one signature per published file, teacher first
+                    "publication" Publications  one signature and one bundle per published file, teacher
+                                                first, and the node's signing key
                     "metrics"     MetricRecord: "train-loss", "num-examples" (what FedAvg weighs by)
     EVALUATE reply  "attestations" Measurements what the node measured, and signed
 
@@ -156,16 +157,19 @@ class Identity(Record):
 
 @dataclass(frozen=True)
 class Publications(Record):
-    """A TRAIN reply's signatures: for each file, in order from the task's nonce, its kind and hash."""
+    """A TRAIN reply's signatures: for each file, in order from the task's nonce, its kind and hash, and its
+    OpenSSF model-signing bundle by the node's signing key (PEM; its fingerprint is in every file's metadata)."""
 
     key: ClassVar[str] = "publication"
     address: str
     kinds: list[str]
     model_hashes: list[bytes]
     signatures: list[bytes]
+    signing_key: str
+    bundles: list[str]  # Sigstore bundles are JSON text
 
     def check(self, sender: str) -> None:
-        if not len(self.kinds) == len(self.model_hashes) == len(self.signatures):
+        if not len(self.kinds) == len(self.model_hashes) == len(self.signatures) == len(self.bundles):
             raise MessageError(f"{sender}: publication lists of different lengths")
 
 

@@ -29,7 +29,7 @@ from eth_account.signers.local import LocalAccount
 from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from chain.errors import RunFailed
+from chain.errors import ArtifactError, RunFailed
 from chain.identity import Attestation
 from chain.provenance import uri_of
 from chain.registry import Registry, lineage_path
@@ -40,6 +40,17 @@ from node.distiller import distill_student
 from node.messages import MODELS, Identity, Measurements, MessageError, Task, blob_to_array, remote_reason
 from node.models import Ensemble, Teacher, build_model
 from node.relay import SignedAttestation, SignedPublication, relay
+from node.signing import (
+    PUBLIC_KEYS,
+    SignatureRefused,
+    bundle_path,
+    derive_signing_key,
+    fingerprint,
+    public_pem,
+    sign_file,
+    verify_bundle,
+    write_public_key,
+)
 from node.strategy import registering_strategy
 
 log = logging.getLogger(__name__)
@@ -206,11 +217,13 @@ class Coordinator:
             self._spec(),
             seed=self.seed,
             progress=lambda stage, done, total: self.progress(f"distill:{stage}", done, total),
+            signing_key=self.key_id(self.distiller),
         )
         # the configuration as it ran (variant, effective options, device, threads) is what the chain's hash covers
         self.config_document = {**self.config, "as_run": as_run}
         config_hash = config_digest(self.config_document)
         student_hash = self.store.put(blob)
+        self.sign_stored(student_hash, self.distiller)
         if not self.registry.model(student_hash).registered:
             receipt = self.registry.commit_student(
                 student_hash,
@@ -359,13 +372,56 @@ class Coordinator:
             model.load_state_dict(state)
         return model
 
-    def canonical(self, state: dict, label_counts: list[int] | None = None) -> tuple[bytes, bytes]:
+    def canonical(
+        self, state: dict, label_counts: list[int] | None = None, signing_key: str | None = None
+    ) -> tuple[bytes, bytes]:
         """The canonical file of a teacher-architecture state dict (a teacher's with the class histogram its
-        node reported), and its hash: it only matches what the node signed if the node reported truly."""
+        node reported, and its node's signing-key fingerprint), and its hash: it only matches what the node
+        signed if the node reported truly."""
         spec = self._spec()
         model = self.teacher_model(state)
-        blob = serialize(model, self.teacher.model, spec.input_shape, spec.num_classes, label_counts=label_counts)
+        blob = serialize(
+            model,
+            self.teacher.model,
+            spec.input_shape,
+            spec.num_classes,
+            label_counts=label_counts,
+            signing_key=signing_key,
+        )
         return blob, sha256(blob)
+
+    # -- OpenSSF model-signing bundles (node/signing.py) ---------------------------------------
+    @property
+    def public_keys(self) -> Path:
+        """The run directory's public-keys/ (beside keys/, which holds secrets): every signer's PEM."""
+        return Path(self.keys_dir).parent / PUBLIC_KEYS
+
+    @staticmethod
+    def key_id(account: LocalAccount) -> str:
+        """The fingerprint of `account`'s signing key, which every file it registers names."""
+        return fingerprint(derive_signing_key(bytes(account.key)))
+
+    def sign_stored(self, model_hash: bytes, account: LocalAccount) -> None:
+        """The bundle of a stored file, by the signing key of `account` (the distiller for the student, the
+        relayer for what the coordinator registers), beside the file; its public key in public-keys/."""
+        key = derive_signing_key(bytes(account.key))
+        write_public_key(self.public_keys, account.address, public_pem(key))
+        path = self.store.path(model_hash)
+        sign_file(key, path, bundle_path(path))
+
+    def keep_node_bundle(self, address: str, pem: bytes, model_hash: bytes, bundle: bytes, sealed: bool) -> None:
+        """A node's bundle of its file, beside the file; checked first unless the file is sealed (then only the
+        distiller could read it). A bundle that does not verify is an ArtifactError: the node is refused."""
+        key_path = write_public_key(self.public_keys, address, pem)
+        path = self.store.path(model_hash)
+        target = bundle_path(path)
+        target.write_bytes(bundle)
+        if not sealed:
+            try:
+                verify_bundle(path, target, key_path)
+            except SignatureRefused as exc:
+                target.unlink()
+                raise ArtifactError(f"its bundle of 0x{model_hash.hex()}: {exc}") from None
 
     def register_publications(self, signed: Sequence[SignedPublication]) -> None:
         """Relay nodes' signed publications to ModelRegistry in batches (node/relay.py); a rerun on a persistent
@@ -391,8 +447,11 @@ class Coordinator:
     ) -> bytes:
         """Store and register a model the coordinator built from registered ones (an ensemble, an average)."""
         spec = self._spec()
-        blob = serialize(model, self.teacher.model, spec.input_shape, spec.num_classes)
+        blob = serialize(
+            model, self.teacher.model, spec.input_shape, spec.num_classes, signing_key=self.key_id(self.relayer)
+        )
         model_hash = self.store.put(blob)
+        self.sign_stored(model_hash, self.relayer)  # its registrant on-chain is the relayer
         if not self.registry.model(model_hash).registered:
             receipt = self.registry.register_aggregate(
                 model_hash,

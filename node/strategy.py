@@ -5,8 +5,9 @@ Two of Strategy's documented hooks are overridden, nothing else:
 - configure_train: the parent strategy picks the round's nodes and config as usual; every message to a
   node that identified itself with the DATA_NODE role also carries the run's Task, with that node's
   nonce on the registry and the round's deadline, which its signatures must use;
-- aggregate_train: each reply's files are rebuilt canonically from the arrays it sent, hashed, compared
-  with what the node signed and stored; then the round's publications are registered (the nodes'
+- aggregate_train: each reply's files are rebuilt canonically from the arrays it sent (with the fingerprint
+  of the node's signing key), hashed, compared with what the node signed and stored, each with the node's
+  OpenSSF model-signing bundle beside it, checked; then the round's publications are registered (the nodes'
   signatures relayed to ModelRegistry, `chain.batch_size` per transaction). A node whose files or
   publication are refused drops out; the others go on. The parent then aggregates the replies
   that were accepted, and the aggregate is registered with them as its sources.
@@ -31,6 +32,7 @@ from chain.provenance import uri_of
 from node.artifacts import average_weights
 from node.messages import MessageError, Publications, Task, published_arrays, sealed_blob
 from node.relay import SignedPublication
+from node.signing import fingerprint, load_public_key
 
 if TYPE_CHECKING:
     from node.server_app import Coordinator, NodeRecord
@@ -121,9 +123,12 @@ class RegisteringFedAvg(strategies.FedAvg):
         c = self.coordinator
         sender = f"node {record.address}"
         signed = Publications.read(reply.content, sender)
+        pem = signed.signing_key.encode()
+        key_id = fingerprint(load_public_key(pem, f"{sender}'s signing key"))
         task = self.sent[record.node_id]
         publications = []
-        for i, (kind, model_hash, signature) in enumerate(zip(signed.kinds, signed.model_hashes, signed.signatures)):
+        files = zip(signed.kinds, signed.model_hashes, signed.signatures, signed.bundles)
+        for i, (kind, model_hash, signature, bundle) in enumerate(files):
             if kind not in PUBLISHED_KINDS:
                 raise MessageError(f"{sender}: published an unknown kind {kind!r}")
             arrays = published_arrays(reply.content, kind, sender)
@@ -132,10 +137,11 @@ class RegisteringFedAvg(strategies.FedAvg):
                 c.store.put_sealed(model_hash, ciphertext)
             else:
                 counts = record.label_histogram if kind == "teacher" else None
-                blob, actual = c.canonical(arrays.to_torch_state_dict(), counts)
+                blob, actual = c.canonical(arrays.to_torch_state_dict(), counts, key_id)
                 if actual != model_hash:
                     raise ArtifactError(f"{kind} file hashes to 0x{actual.hex()}, the node signed 0x{model_hash.hex()}")
                 c.store.put(blob)
+            c.keep_node_bundle(record.address, pem, model_hash, bundle.encode(), sealed=ciphertext is not None)
             publication = Publication(
                 node=record.address,
                 model_hash=model_hash,

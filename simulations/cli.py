@@ -8,7 +8,7 @@ import os
 import sys
 from functools import wraps
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -275,34 +275,48 @@ def verify(
     run_dir: Optional[Path] = RUN_OPT,
     rpc: Optional[str] = RPC_OPT,
     address: Optional[str] = ADDRESS_OPT,
+    bundle: Optional[Path] = typer.Option(
+        None, "--bundle", help="the file's OpenSSF model-signing bundle (default: FILE.sig beside it; one file only)"
+    ),
+    public_key: Optional[Path] = typer.Option(
+        None,
+        "--public-key",
+        help="the signer's public key, PEM (default: the run's public-keys/<registrant>.pub; one file only)",
+    ),
+    chain_only: bool = typer.Option(False, "--chain-only", help="check the chain record alone, not the bundle"),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Hash each file and say whether it is registered: as what, by whom, in which block.
+    """Hash each file, say whether it is registered (as what, by whom, in which block), and check its OpenSSF
+    model-signing bundle: it verifies with the public key, the file's metadata names that key, and the file's
+    registrant on-chain is therefore the key's party.
 
-    Exit 0: every file is registered; 1: one is not (or was changed); 2: bad input (a file that cannot
-    be read, a bad argument)."""
+    Exit 0: every file is registered and its bundle verifies; 1: one is not (or was changed, or its signature
+    is refused); 2: bad input (a file that cannot be read, a bad argument)."""
     import hashlib
 
     from chain import provenance
+    from chain.errors import ConfigError
 
+    if len(files) > 1 and (bundle is not None or public_key is not None):
+        raise ConfigError("--bundle and --public-key name one file's: verify one file with them")
     found, _ = _events_from(run_dir, rpc, address, whole_chain=True)
-    results = []
+    results: list[dict[str, Any]] = []
     for f in files:
         try:
             digest = "0x" + hashlib.sha256(Path(f).read_bytes()).hexdigest()
         except OSError as exc:
-            from chain.errors import ConfigError
-
             raise ConfigError(f"{f}: cannot read: {exc.strerror}") from None
         reg = provenance.find(found, digest)
-        results.append(
-            {
-                "file": str(f),
-                "sha256": digest,
-                "registered": reg is not None,
-                **({"kind": reg.kind, "by": reg.owner, "block": reg.block, "tx": reg.tx} if reg else {}),
-            }
-        )
+        result: dict[str, Any] = {
+            "file": str(f),
+            "sha256": digest,
+            "registered": reg is not None,
+            **({"kind": reg.kind, "by": reg.owner, "block": reg.block, "tx": reg.tx} if reg else {}),
+        }
+        if not chain_only:
+            result["signature"] = _check_bundle(Path(f), bundle, public_key, run_dir, reg.owner if reg else None)
+        result["verified"] = reg is not None and (chain_only or result["signature"]["verified"])
+        results.append(result)
     if as_json:
         print(json.dumps(results, indent=1))
     else:
@@ -315,8 +329,50 @@ def verify(
                 )
             else:
                 console.print(f"[red]not registered[/] {r['file']}: {r['sha256']}", highlight=False)
-    if not all(r["registered"] for r in results):
+            sig = r.get("signature")
+            if sig is None:
+                continue
+            if sig["verified"]:
+                console.print(
+                    f"[green]signed[/] {r['file']}: bundle {sig['bundle']} verifies with {sig['public_key']} "
+                    f"(key sha256 {sig['key_sha256'][:16]}…), the key the file names"
+                    + (f", of its registrant {r['by']}" if r["registered"] else ""),
+                    highlight=False,
+                )
+            else:
+                console.print(f"[red]signature refused[/] {r['file']}: {sig['error']}", highlight=False)
+    if not all(r["verified"] for r in results):
         raise typer.Exit(1)
+
+
+def _check_bundle(
+    file: Path, bundle: Optional[Path], public_key: Optional[Path], run_dir: Optional[Path], registrant: Optional[str]
+) -> dict:
+    """The bundle check of `kdledger verify`, as a JSON-ready dict with `verified` and, if refused, `error`."""
+    from node.signing import SignatureRefused, bundle_path, public_key_path, verify_bundle
+
+    bundle = bundle or bundle_path(file)
+    if public_key is None:
+        if registrant is None or run_dir is None:
+            why = "the file is not registered" if registrant is None else "no --run directory to find it in"
+            return {
+                "verified": False,
+                "bundle": str(bundle),
+                "error": f"no public key to check with ({why}): pass --public-key",
+            }
+        public_key = public_key_path(run_dir, registrant)
+    if not Path(bundle).exists():
+        return {
+            "verified": False,
+            "bundle": str(bundle),
+            "public_key": str(public_key),
+            "error": f"no bundle at {bundle} (pass --bundle, or --chain-only to check the chain record alone)",
+        }
+    try:
+        check = verify_bundle(file, Path(bundle), Path(public_key))
+    except SignatureRefused as exc:
+        return {"verified": False, "bundle": str(bundle), "public_key": str(public_key), "error": str(exc)}
+    return {"verified": True, **check.as_json(), **({"signer": registrant} if registrant else {})}
 
 
 @app.command()

@@ -245,3 +245,98 @@ def test_runs_exported_before_kdledger_uris_still_read(runs):
     tree = lineage(events, metrics["student_hash"], [run_dir])
     assert tree["file"] and all(t["file"] for t in tree["teachers"])
     assert lineage(events, metrics["aggregates"]["ensemble"], [run_dir])["example_count"] > 0
+
+
+# -- OpenSSF model-signing bundles (node/signing.py; unit tests in tests/test_signing.py) -------------------
+def _student_file(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return ArtifactStore(run_dir / "store").path(bytes.fromhex(metrics["student_hash"][2:])), metrics
+
+
+def test_every_published_file_has_a_bundle_by_its_registrant_bound_in_the_file(runs):
+    """Teachers by their nodes, aggregates by the relayer that registered them, the student by the distiller:
+    each bundle verifies with its registrant's public key, which the file's own metadata names."""
+    from chain.provenance import index_events
+    from node.signing import bundle_path, public_key_path, verify_bundle
+
+    run_dir, _ = runs[0]
+    store = ArtifactStore(run_dir / "store")
+    models = index_events(json.loads((run_dir / "events.json").read_text()))
+    assert {m.kind for m in models.values()} == {"teacher", "aggregate", "student"}
+    for model_hash, reg in models.items():
+        path = store.path(bytes.fromhex(model_hash[2:]))
+        check = verify_bundle(path, bundle_path(path), public_key_path(run_dir, reg.owner))
+        assert "0x" + check.signed_sha256 == model_hash
+    signers = {p.stem for p in (run_dir / "public-keys").iterdir()}
+    assert signers == {reg.owner for reg in models.values()} and len(signers) == NODES + 2
+
+
+def test_the_student_verifies_with_kdledger_and_with_the_standard_model_signing_cli(runs):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run_dir, _ = runs[0]
+    student, metrics = _student_file(run_dir)
+    done = kdledger("verify", str(student), "--run", str(run_dir))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "registered" in done.stdout and "signed" in done.stdout and "the key the file names" in done.stdout
+    done = kdledger("verify", str(student), "--run", str(run_dir), "--json")
+    (result,) = json.loads(done.stdout)
+    sig = result["signature"]
+    assert result["verified"] and sig["verified"] and sig["signed_sha256"] == metrics["student_hash"]
+    assert sig["signer"] == result["by"] and sig["public_key"].endswith(f"public-keys/{result['by']}.pub")
+    # the README's command: the ecosystem's own verifier, knowing nothing of kdledger
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("model_signing")),
+            "verify",
+            "key",
+            str(student),
+            "--signature",
+            f"{student}.sig",
+            "--public_key",
+            str(run_dir / "public-keys" / f"{result['by']}.pub"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and "Verification succeeded" in done.stdout + done.stderr
+
+
+def test_kdledger_verify_refuses_a_tampered_file_another_keys_bundle_and_another_nodes_key(runs, tmp_path):
+    from chain.identity import load_key
+    from node.signing import derive_signing_key, sign_file
+
+    run_dir, _ = runs[0]
+    student, metrics = _student_file(run_dir)
+    tampered = tmp_path / "student.safetensors"
+    tampered.write_bytes(student.read_bytes()[:-1] + b"\x01")
+    distiller_key = [
+        "--public-key",
+        str(run_dir / "public-keys" / f"{load_key(run_dir / 'keys/distiller.json').address}.pub"),
+    ]
+    done = kdledger("verify", str(tampered), "--run", str(run_dir), "--bundle", f"{student}.sig", *distiller_key)
+    assert done.returncode == 1 and "not registered" in done.stdout
+    assert "signature refused" in done.stdout and "is not the file it signed" in done.stdout
+    # a bundle made by another key (node 0's, over its own teacher) passed off as the student's
+    teacher0 = ArtifactStore(run_dir / "store").path(bytes.fromhex(metrics["nodes"][0]["teacher_hash"]))
+    done = kdledger("verify", str(student), "--run", str(run_dir), "--bundle", f"{teacher0}.sig")
+    assert done.returncode == 1 and "made by another key" in done.stdout
+    # node 0's key, and a bundle node 0 really made, over node 1's teacher: node 1's file names node 1's key
+    node0 = load_key(run_dir / "keys" / "node-0.json")
+    teacher1 = ArtifactStore(run_dir / "store").path(bytes.fromhex(metrics["nodes"][1]["teacher_hash"]))
+    forged = tmp_path / "teacher1-by-node0.sig"
+    sign_file(derive_signing_key(bytes(node0.key)), teacher1, forged)
+    node0_pub = run_dir / "public-keys" / f"{node0.address}.pub"
+    done = kdledger(
+        "verify", str(teacher1), "--run", str(run_dir), "--bundle", str(forged), "--public-key", str(node0_pub)
+    )
+    assert done.returncode == 1 and "not bound to the party that registered" in done.stdout
+    assert "Traceback" not in done.stderr
+    # without a bundle beside it: refused, unless only the chain record is asked for
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(student.read_bytes())
+    done = kdledger("verify", str(copy), "--run", str(run_dir))
+    assert done.returncode == 1 and "no bundle at" in done.stdout
+    assert kdledger("verify", str(copy), "--run", str(run_dir), "--chain-only").returncode == 0

@@ -41,7 +41,9 @@ RECORDS = [
     task(),
     task(nonce=4, deadline=99, round=2, attest=[H1, H2]),
     Identity("0x" + "cd" * 20, 1, 120, 30, [12] * 10),
-    Publications("0x" + "cd" * 20, ["teacher", "ebm"], [H1, H2], [b"s" * 65, b"t" * 65]),
+    Publications(
+        "0x" + "cd" * 20, ["teacher", "ebm"], [H1, H2], [b"s" * 65, b"t" * 65], "PEM", ["{bundle}", "{bundle}"]
+    ),
     Measurements("0x" + "cd" * 20, [H1, H2], [9000, 8123], 30, [H2], [b"s" * 65], 7),
 ]
 
@@ -76,6 +78,8 @@ BAD = [
     (RECORDS[2], {"label-histogram": 5}, "identity.label-histogram: expected a list"),
     (RECORDS[3], {"model-hashes": ["0x01", "0x02"]}, "publication.model-hashes: expected bytes, got str"),
     (RECORDS[3], {"kinds": ["teacher"]}, "publication lists of different lengths"),
+    (RECORDS[3], {"bundles": ["{bundle}"]}, "publication lists of different lengths"),
+    (RECORDS[3], {"signing-key": None}, "publication.signing-key is missing"),
     (RECORDS[4], {"signed-hashes": [b"\x09" * 32]}, "signed a model it did not measure"),
     (RECORDS[4], {"nonce": 1.5}, "attestations.nonce: expected int, got float"),
     (RECORDS[0], {"data": '{"alpha": -1}'}, "task.data: "),
