@@ -98,14 +98,21 @@ def flower_env(flwr_home: Path) -> dict:
 
 def flwr_run(superlink: str, scenario: Path, out: Path, env: dict) -> None:
     """`flwr run .` of a scenario on the named SuperLink, then wait (10 minutes at most) for its run directory."""
-    submit = subprocess.run(
-        ["flwr", "run", ".", superlink, "--run-config", f'scenario="{scenario}" out="{out}"'],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # A SuperLink that was just started may not listen yet (slow on a loaded machine): submit again for a minute.
+    give_up = time.monotonic() + 60
+    while True:
+        submit = subprocess.run(
+            ["flwr", "run", ".", superlink, "--run-config", f'scenario="{scenario}" out="{out}"'],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        unavailable = "SuperLink is unavailable" in submit.stdout + submit.stderr
+        if submit.returncode == 0 or not unavailable or time.monotonic() > give_up:
+            break
+        time.sleep(2)
     assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
     deadline = time.monotonic() + 600
     while not (out / "report.md").exists() and time.monotonic() < deadline:
