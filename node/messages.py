@@ -35,7 +35,8 @@ from pydantic import BaseModel, ValidationError
 
 from chain.errors import KdledgerError
 from chain.identity import Domain
-from node.config import DataConfig, DistillConfig, FaultConfig, TeacherConfig
+from node.artifacts import PrivacySpent
+from node.config import DataConfig, DistillConfig, FaultConfig, PrivacyConfig, TeacherConfig
 
 ARRAYS = "arrays"  # the model a TRAIN message starts from; a TRAIN reply's teacher
 MODELS = "models"  # the files an EVALUATE message asks a node to measure
@@ -137,6 +138,7 @@ class Task(Record):
     deadline: int = 0
     round: int = 0  # 0: the one-shot round; fedavg rounds count from 1
     attest: list[bytes] = field(default_factory=list)  # EVALUATE: the hashes the coordinator will relay
+    privacy: PrivacyConfig = PrivacyConfig()  # TRAIN: DP-SGD for the teacher when epsilon is set
 
     def domain(self) -> Domain:
         return Domain(chain_id=self.chain_id, contract=self.contract)
@@ -163,10 +165,18 @@ class Publications(Record):
     kinds: list[str]
     model_hashes: list[bytes]
     signatures: list[bytes]
+    privacy: str = ""  # a DP teacher's PrivacySpent (JSON) as its file's metadata holds it; empty: no DP
 
     def check(self, sender: str) -> None:
         if not len(self.kinds) == len(self.model_hashes) == len(self.signatures):
             raise MessageError(f"{sender}: publication lists of different lengths")
+
+    def privacy_spent(self, sender: str) -> PrivacySpent | None:
+        """The teacher's privacy claim, which the coordinator needs to rebuild the file the node signed."""
+        try:
+            return PrivacySpent.model_validate_json(self.privacy) if self.privacy else None
+        except ValidationError as exc:
+            raise MessageError(f"{sender}: {self.key}.privacy: {exc.errors()[0]['msg']}") from None
 
 
 @dataclass(frozen=True)

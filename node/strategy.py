@@ -132,7 +132,8 @@ class RegisteringFedAvg(strategies.FedAvg):
                 c.store.put_sealed(model_hash, ciphertext)
             else:
                 counts = record.label_histogram if kind == "teacher" else None
-                blob, actual = c.canonical(arrays.to_torch_state_dict(), counts)
+                privacy = signed.privacy_spent(sender) if kind == "teacher" else None
+                blob, actual = c.canonical(arrays.to_torch_state_dict(), counts, privacy)
                 if actual != model_hash:
                     raise ArtifactError(f"{kind} file hashes to 0x{actual.hex()}, the node signed 0x{model_hash.hex()}")
                 c.store.put(blob)
