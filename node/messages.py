@@ -11,7 +11,8 @@ node -> coordinator
     QUERY reply     "identity"    Identity      who the node is and how much data it holds
     TRAIN reply     "arrays"      ArrayRecord: the teacher's weights, or {"sealed": ciphertext}
                     "<kind>"      ArrayRecord per other kind the method asked of nodes (e.g. "ebm")
-                    "publication" Publications  one signature per published file, teacher first
+                    "publication" Publications  one signature per published file, teacher first (and a DP
+                                                teacher's privacy claim, which its file holds)
                     "metrics"     MetricRecord: "train-loss", "num-examples" (what FedAvg weighs by)
     EVALUATE reply  "attestations" Measurements what the node measured, and signed
 
