@@ -221,15 +221,20 @@ def _file_privacy(uri: str, model_hash: str, roots: list[Path]) -> dict | None |
     (no DP), or a word saying why it is not known ("sealed", "no file")."""
     from chain import provenance
     from chain.errors import ArtifactError
-    from simulations.privacy import published_privacy
+    from simulations.privacy import SEAL_KEY, published_privacy, run_store
 
     path = provenance.resolve(uri, model_hash, roots)
     if path is None:
         return "no file"
-    if path.suffix == ".enc":
-        return "sealed"
+    digest = bytes.fromhex(model_hash.removeprefix("0x"))
     try:
-        spent = published_privacy(path.read_bytes(), bytes.fromhex(model_hash.removeprefix("0x")))
+        if path.suffix != ".enc":
+            blob = path.read_bytes()
+        elif (path.parents[3] / SEAL_KEY).is_file():  # the run directory (store/ab/cd/...) keeps the distiller's key
+            blob = run_store(path.parents[3]).get(digest)
+        else:
+            return "sealed"
+        spent = published_privacy(blob, digest)
     except ArtifactError:
         return "unreadable"
     return None if spent is None else spent.model_dump()

@@ -8,7 +8,19 @@ import yaml
 from conftest import ROOT, kdledger
 
 from chain.errors import ArtifactError
-from node.artifacts import Expected, PrivacySpent, deserialize, read_header, serialize, sha256
+from node.artifacts import (
+    ArtifactStore,
+    Expected,
+    PrivacySpent,
+    deserialize,
+    new_seal_key,
+    public_bytes,
+    read_header,
+    save_seal_key,
+    seal,
+    serialize,
+    sha256,
+)
 from node.config import DataConfig, PrivacyConfig
 from node.data import PATH_DATASETS, Split, node_splits
 from node.dfkd import InputSpace, build_synthesizer
@@ -94,6 +106,21 @@ def test_fast_distils_group_norm_teachers_through_its_generator():
     assert syn.variant == "generator"
     x = syn.step(16)
     assert x.shape == (16, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
+
+
+def test_a_sealed_teachers_epsilon_is_read_with_the_runs_key_else_reported_sealed(tmp_path):
+    from simulations.cli import _file_privacy
+
+    key, spent = new_seal_key(), PrivacySpent(epsilon=2.97, delta=1e-5, accountant="prv")
+    blob = serialize(build_model("digits-cnn-gn", (1, 8, 8), 10), "digits-cnn-gn", (1, 8, 8), 10, privacy=spent)
+    model_hash = sha256(blob)
+    ArtifactStore(tmp_path / "store").put_sealed(model_hash, seal(blob, public_bytes(key), model_hash))
+    uri, digest = "kdledger://0x" + "00" * 32, "0x" + model_hash.hex()
+    assert _file_privacy(uri, digest, [tmp_path]) == "sealed"
+    (tmp_path / "keys").mkdir()
+    save_seal_key(key, tmp_path / "keys" / "distiller-x25519.key")
+    assert _file_privacy(uri, digest, [tmp_path]) == spent.model_dump()
+    assert _file_privacy(uri, "0x" + "11" * 32, [tmp_path]) == "no file"
 
 
 def scenario_file(tmp_path, **changes):
