@@ -112,6 +112,10 @@ class Scenario(Strict):
             raise ValueError(
                 "federation.seal_artifacts: fedavg aggregates plaintext updates; sealing is for one-shot runs"
             )
+        if self.distill.method == "deepinversion" and not has_batch_norm(self.teacher.model):
+            raise ValueError(
+                f"distill.method: deepinversion matches BatchNorm statistics, and {self.teacher.model} has none"
+            )
         if self.privacy.enabled:
             self._check_private()
         if self.federation.min_nodes > self.nodes:

@@ -139,6 +139,8 @@ def test_dp_with_batch_norm_fedavg_or_node_side_ebms_is_one_line_error(tmp_path)
         load_scenario(scenario_file(tmp_path, federation={"mode": "fedavg"}))
     with pytest.raises(ScenarioError, match="node_ebm"):
         load_scenario(scenario_file(tmp_path, distill={"method": "genkd", "options": {}}))
+    with pytest.raises(ScenarioError, match="deepinversion matches BatchNorm statistics, and digits-cnn-gn"):
+        load_scenario(scenario_file(tmp_path, distill={"method": "deepinversion", "options": {}}))
     with pytest.raises(ScenarioError, match="privacy.epsilon"):
         load_scenario(scenario_file(tmp_path), ["privacy.epsilon=0"])
     without = load_scenario(scenario_file(tmp_path), ["privacy.epsilon=null"])
