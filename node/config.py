@@ -91,6 +91,12 @@ class PrivacyConfig(Strict):
     delta: float = Field(1e-5, gt=0, lt=1, description="target delta; keep it below 1 / (a node's train examples)")
     max_grad_norm: float = Field(1.0, gt=0, description="per-sample gradient clipping norm")
     accountant: Literal["prv", "rdp"] = Field("prv", description="Opacus accountant: PRV (tighter) or RDP")
+    seeded_noise: bool = Field(
+        True,
+        description="draw the noise and the batches from the scenario's seed: runs repeat, and whoever knows the "
+        "seed knows the noise; false: from the operating system's randomness (runs no longer repeat; torch's "
+        "generator, not a cryptographic one)",
+    )
 
     @property
     def enabled(self) -> bool:

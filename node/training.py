@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import secrets
 import warnings
 
 import torch
@@ -75,6 +76,8 @@ def train_private(
     from opacus import PrivacyEngine  # imported only where DP is asked for
 
     assert privacy.epsilon is not None
+    if not privacy.seeded_noise:
+        seed = secrets.randbits(62)
     loader = DataLoader(
         TensorDataset(data.x, data.y), batch_size=batch_size, generator=torch.Generator().manual_seed(seed)
     )

@@ -50,6 +50,22 @@ def test_dp_sgd_spends_at_most_the_requested_epsilon_and_learns(digits_node):
     assert not any(hasattr(p, "grad_sample") for p in model.parameters())  # Opacus' hooks are gone
 
 
+def test_noise_repeats_with_the_seed_and_not_without_it(digits_node):
+    train, _ = digits_node
+    small = Split(train.x[:128], train.y[:128])
+
+    def weights(**privacy):
+        torch.manual_seed(0)
+        model = build_model("digits-cnn-gn", (1, 8, 8), 10)
+        train_private(
+            model, small, privacy=PrivacyConfig(epsilon=8, **privacy), epochs=1, lr=1e-3, batch_size=32, seed=1
+        )
+        return model.state_dict()["head.1.weight"]
+
+    assert torch.equal(weights(), weights())
+    assert not torch.equal(weights(seeded_noise=False), weights(seeded_noise=False))
+
+
 def test_group_norm_variants_have_no_batch_norm_and_the_bn_ones_do():
     assert has_batch_norm("lenet5-bn") and has_batch_norm("digits-cnn-bn")
     assert not has_batch_norm("lenet5-gn") and not has_batch_norm("digits-cnn-gn")
