@@ -75,7 +75,7 @@ def distillation_curve(losses: list[float], path: Path) -> None:
 
 def privacy_utility(rows: list[dict], path: Path) -> None:
     """`kdledger bench privacy`: utility (accuracies) and leakage (the membership attack's AUC, the synthetic
-    inputs' closeness to training images) at each target epsilon, strongest privacy on the left."""
+    inputs' closeness to training images) at each target epsilon, in the order the bench ran them."""
     labels = ["∞" if r["target_epsilon"] is None else f"{r['target_epsilon']:g}" for r in rows]
     x = np.arange(len(rows))
 
@@ -94,7 +94,7 @@ def privacy_utility(rows: list[dict], path: Path) -> None:
     ):
         right.plot(x, series(key), marker="o", label=title)
     right.axhline(0.5, color="grey", linestyle=":", linewidth=1)  # no leakage: a coin flip
-    right.set_ylim(0.3, 1.0)
+    right.set_ylim(0, 1)
     right.set_title("Leakage (0.5: none measured)")
     for ax in (left, right):
         ax.set_xticks(x, labels)
