@@ -127,6 +127,15 @@ def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, 
     return len(text).to_bytes(8, "little") + text + b"".join(chunks)
 
 
+class PrivacySpent(BaseModel):
+    """The differential privacy a teacher's training spent, as its node's accountant measured it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    epsilon: float = Field(gt=0, allow_inf_nan=False)
+    delta: float = Field(gt=0, lt=1)
+    accountant: str = Field(max_length=16, pattern=r"^[a-z]+$")
+
+
 def serialize(
     model: torch.nn.Module,
     architecture: str,
@@ -135,12 +144,14 @@ def serialize(
     *,
     label_counts: list[int] | None = None,
     signing_key: str | None = None,
+    privacy: PrivacySpent | None = None,
 ) -> bytes:
     """Same weights, same bytes, in any process. An Ensemble of `architecture` members is one file too.
 
     A teacher's file can carry the class histogram of the data it was trained on: inside the file,
     it is covered by the hash its node signs, so the distiller can weigh the teacher per class by
-    what it saw without trusting anyone's word for it.
+    what it saw without trusting anyone's word for it. Likewise a DP teacher's spent (epsilon, delta): the
+    node's signature over the file's hash covers its privacy claim.
 
     `signing_key`: the SHA-256 (hex) of the DER SubjectPublicKeyInfo of the key that signs the file's OpenSSF
     model-signing bundle (node/signing.py); inside the file, the on-chain hash binds that key to its registrant.
@@ -148,6 +159,8 @@ def serialize(
     meta = {"architecture": architecture, "input_shape": json.dumps(list(input_shape)), "num_classes": str(num_classes)}
     if label_counts is not None:
         meta["label_counts"] = json.dumps([int(c) for c in label_counts])
+    if privacy is not None:
+        meta["privacy"] = privacy.model_dump_json()
     if signing_key is not None:
         meta["signing_key_sha256"] = signing_key
     if isinstance(model, Ensemble):
@@ -172,6 +185,7 @@ def sha256(blob: bytes) -> bytes:
     return hashlib.sha256(blob).digest()
 
 
+JSON_METADATA = ("input_shape", "label_counts", "privacy")  # metadata values that are JSON documents
 MAX_HEADER_BYTES = 1 << 20  # a header lists names, dtypes, shapes: ours are a few kB, even for a ResNet ensemble
 
 
@@ -185,6 +199,7 @@ class Metadata(BaseModel):
     members: int | None = Field(None, ge=1, le=10_000)
     label_counts: list[int] | None = Field(None, max_length=100_000)
     signing_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # node/signing.py
+    privacy: PrivacySpent | None = None
 
 
 @dataclass(frozen=True)
@@ -211,7 +226,7 @@ def read_header(blob: bytes, *, owner: str = "?") -> tuple[Metadata, dict[str, d
         raw = header.pop("__metadata__") if isinstance(header, dict) else None
         if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
             raise ValueError("no __metadata__ of strings")
-        decoded = {k: bounded_json(v, k) if k in ("input_shape", "label_counts") else v for k, v in raw.items()}
+        decoded = {k: bounded_json(v, k) if k in JSON_METADATA else v for k, v in raw.items()}
         meta = Metadata.model_validate(decoded)
     except ValidationError as exc:
         error = exc.errors()[0]

@@ -1,8 +1,9 @@
 """The data node: a Flower ClientApp. Its data never leaves it.
 
 - query: who am I (address) and how much data I hold;
-- train: train a teacher on my private train split, publish only its weights, my signature over
-  their hash and an OpenSSF model-signing bundle of the file by my signing key (node/signing.py);
+- train: train a teacher on my private train split (with DP-SGD when the scenario asks), publish only
+  its weights, my signature over their hash and an OpenSSF model-signing bundle of the file by my
+  signing key (node/signing.py); a DP teacher's file holds the epsilon its training spent;
 - evaluate: measure the models I am sent on my private test split and sign what I measured.
 
 The node's key is its own: from the node config's `key-file` (deployment), or, in a simulation,
@@ -47,7 +48,7 @@ from node.messages import (
 )
 from node.models import build_model
 from node.signing import derive_signing_key, fingerprint, public_pem, sign_blob
-from node.training import accuracy, train_classifier
+from node.training import PrivacyError, accuracy, train_classifier, train_private
 
 app = ClientApp()
 
@@ -132,16 +133,29 @@ def train(msg: Message, context: Context) -> Message:
         model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
     batch_seed = task.seed + node.partition_id + 7919 * round_
     augment = Augment(2, spec.flip, spec.bounds[0], torch.Generator().manual_seed(batch_seed)) if cfg.augment else None
-    loss = train_classifier(
-        model,
-        train_split,
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        seed=batch_seed,
-        augment=augment,
-        cosine=cfg.cosine,
-    )
+    privacy = None
+    if task.privacy.enabled:  # DP-SGD; the scenario refused BN teachers, fedavg and node-side models for it
+        loss, privacy = train_private(
+            model,
+            train_split,
+            privacy=task.privacy,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            seed=batch_seed,
+            augment=augment,
+        )
+    else:
+        loss = train_classifier(
+            model,
+            train_split,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            seed=batch_seed,
+            augment=augment,
+            cosine=cfg.cosine,
+        )
     published: dict[str, torch.nn.Module] = {"teacher": model}
     if round_ == 0:  # one-shot: the method may want more from the data's owner
         proxy_student = build_model(distill.student, spec.input_shape, spec.num_classes)
@@ -154,6 +168,8 @@ def train(msg: Message, context: Context) -> Message:
             seed=node_seed,
             space=InputSpace(spec.input_shape, *spec.bounds, flip=spec.flip),
         )
+    if privacy is not None and len(published) > 1:  # the scenario refuses this; a node checks for itself
+        raise PrivacyError(f"privacy: {distill.method} asks for {', '.join(list(published)[1:])} trained without DP")
     counts = label_counts(train_split, spec.num_classes)
     signer = derive_signing_key(bytes(node.account.key))  # the node's own: the coordinator never holds it
     content, hashes, signatures, bundles = RecordDict(), [], [], []
@@ -165,6 +181,7 @@ def train(msg: Message, context: Context) -> Message:
             spec.num_classes,
             label_counts=counts if kind == "teacher" else None,
             signing_key=fingerprint(signer),
+            privacy=privacy if kind == "teacher" else None,
         )
         bundles.append(sign_blob(signer, blob).decode())
         publication = Publication(
@@ -184,9 +201,10 @@ def train(msg: Message, context: Context) -> Message:
             content[key] = ArrayRecord(published_model.state_dict())
         hashes.append(publication.model_hash)
         signatures.append(sign(node.account, publication, task.domain()))
-    Publications(node.account.address, list(published), hashes, signatures, public_pem(signer).decode(), bundles).put(
-        content
-    )
+    claim = privacy.model_dump_json() if privacy is not None else ""
+    Publications(
+        node.account.address, list(published), hashes, signatures, public_pem(signer).decode(), bundles, claim
+    ).put(content)
     content[METRICS] = train_metrics(loss, len(train_split))
     return _reply(msg, content)
 

@@ -81,6 +81,28 @@ class FederationConfig(Strict):
     )
 
 
+class PrivacyConfig(Strict):
+    """Differential privacy of the teachers: each node trains with DP-SGD (Opacus) to a target (epsilon, delta)
+    over the teacher's epochs, and publishes what its accountant spent inside the teacher's signed file."""
+
+    epsilon: float | None = Field(
+        None, gt=0, description="target epsilon of each node's teacher (DP-SGD); null: no DP (the default)"
+    )
+    delta: float = Field(1e-5, gt=0, lt=1, description="target delta; keep it below 1 / (a node's train examples)")
+    max_grad_norm: float = Field(1.0, gt=0, description="per-sample gradient clipping norm")
+    accountant: Literal["prv", "rdp"] = Field("prv", description="Opacus accountant: PRV (tighter) or RDP")
+    seeded_noise: bool = Field(
+        True,
+        description="draw the noise and the batches from the scenario's seed: runs repeat, and whoever knows the "
+        "seed knows the noise; false: from the operating system's randomness (runs no longer repeat; torch's "
+        "generator, not a cryptographic one)",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.epsilon is not None
+
+
 class FaultConfig(Strict):
     """Fault injection, to see a federation survive: these partitions raise in that phase."""
 

@@ -12,7 +12,8 @@ node -> coordinator
     TRAIN reply     "arrays"      ArrayRecord: the teacher's weights, or {"sealed": ciphertext}
                     "<kind>"      ArrayRecord per other kind the method asked of nodes (e.g. "ebm")
                     "publication" Publications  one signature and one bundle per published file, teacher
-                                                first, and the node's signing key
+                                                first, the node's signing key (and a DP teacher's privacy
+                                                claim, which its file holds)
                     "metrics"     MetricRecord: "train-loss", "num-examples" (what FedAvg weighs by)
     EVALUATE reply  "attestations" Measurements what the node measured, and signed
 
@@ -36,7 +37,8 @@ from pydantic import BaseModel, ValidationError
 
 from chain.errors import KdledgerError
 from chain.identity import Domain
-from node.config import DataConfig, DistillConfig, FaultConfig, TeacherConfig
+from node.artifacts import PrivacySpent
+from node.config import DataConfig, DistillConfig, FaultConfig, PrivacyConfig, TeacherConfig
 
 ARRAYS = "arrays"  # the model a TRAIN message starts from; a TRAIN reply's teacher
 MODELS = "models"  # the files an EVALUATE message asks a node to measure
@@ -138,6 +140,7 @@ class Task(Record):
     deadline: int = 0
     round: int = 0  # 0: the one-shot round; fedavg rounds count from 1
     attest: list[bytes] = field(default_factory=list)  # EVALUATE: the hashes the coordinator will relay
+    privacy: PrivacyConfig = PrivacyConfig()  # TRAIN: DP-SGD for the teacher when epsilon is set
 
     def domain(self) -> Domain:
         return Domain(chain_id=self.chain_id, contract=self.contract)
@@ -167,10 +170,18 @@ class Publications(Record):
     signatures: list[bytes]
     signing_key: str
     bundles: list[str]  # Sigstore bundles are JSON text
+    privacy: str = ""  # a DP teacher's PrivacySpent (JSON) as its file's metadata holds it; empty: no DP
 
     def check(self, sender: str) -> None:
         if not len(self.kinds) == len(self.model_hashes) == len(self.signatures) == len(self.bundles):
             raise MessageError(f"{sender}: publication lists of different lengths")
+
+    def privacy_spent(self, sender: str) -> PrivacySpent | None:
+        """The teacher's privacy claim, which the coordinator needs to rebuild the file the node signed."""
+        try:
+            return PrivacySpent.model_validate_json(self.privacy) if self.privacy else None
+        except ValidationError as exc:
+            raise MessageError(f"{sender}: {self.key}.privacy: {exc.errors()[0]['msg']}") from None
 
 
 @dataclass(frozen=True)

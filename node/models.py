@@ -7,8 +7,9 @@ the layers after it. Data-free methods reach into exactly these three pieces.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -50,16 +51,30 @@ class Classifier(nn.Module):
         return last.weight
 
 
-class SmallCNN(Classifier):
-    """Two 3x3 conv layers, a max-pool and two FC layers: sized for 8x8 digits; `bn` adds batch norm
-    after each conv (what BN-statistics inversion needs)."""
+Norm = Literal["bn", "gn"] | None
 
-    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: int, hidden: int, bn: bool = False):
+
+def norm_layer(norm: Norm, channels: int) -> list[nn.Module]:
+    """After a conv: batch norm (whose statistics BN inversion matches), group norm (per-example, so DP-SGD's
+    per-sample gradients exist: BN mixes a batch's examples), or nothing. Groups of up to 4 that divide the
+    channels."""
+    if norm == "bn":
+        return [nn.BatchNorm2d(channels)]
+    if norm == "gn":
+        return [nn.GroupNorm(math.gcd(4, channels), channels)]
+    return []
+
+
+class SmallCNN(Classifier):
+    """Two 3x3 conv layers, a max-pool and two FC layers: sized for 8x8 digits; `norm` adds batch norm
+    (what BN-statistics inversion needs) or group norm (what DP-SGD needs) after each conv."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: int, hidden: int, norm: Norm = None):
         super().__init__()
         channels, height, width_px = input_shape
 
         def conv(cin, cout):
-            return [nn.Conv2d(cin, cout, 3, padding=1)] + ([nn.BatchNorm2d(cout)] if bn else []) + [nn.ReLU()]
+            return [nn.Conv2d(cin, cout, 3, padding=1), *norm_layer(norm, cout), nn.ReLU()]
 
         self.features = nn.Sequential(*conv(channels, width), *conv(width, 2 * width), nn.MaxPool2d(2), nn.Flatten())
         self.fc_penult = nn.Linear(2 * width * (height // 2) * (width_px // 2), hidden)
@@ -76,33 +91,31 @@ def digits_cnn_half(input_shape, num_classes):
     return SmallCNN(input_shape, num_classes, width=8, hidden=64)
 
 
-@register_model("digits-cnn-bn")
-def digits_cnn_bn(input_shape, num_classes):
-    return SmallCNN(input_shape, num_classes, width=16, hidden=128, bn=True)
-
-
-@register_model("digits-cnn-half-bn")
-def digits_cnn_half_bn(input_shape, num_classes):
-    return SmallCNN(input_shape, num_classes, width=8, hidden=64, bn=True)
+for _norm in ("bn", "gn"):
+    register_model(f"digits-cnn-{_norm}")(
+        lambda shape, classes, norm=_norm: SmallCNN(shape, classes, width=16, hidden=128, norm=norm)
+    )
+    register_model(f"digits-cnn-half-{_norm}")(
+        lambda shape, classes, norm=_norm: SmallCNN(shape, classes, width=8, hidden=64, norm=norm)
+    )
 
 
 class LeNet5(Classifier):
     """LeNet-5 as in the DFKD papers (DAFL, paper 003): conv 6-16-120, FC 84, FC classes.
 
     28x28 inputs are padded to LeNet's 32x32 by the first conv's padding. `half` halves every
-    width (3-8-60, 42), the usual student. `bn` adds batch norm after each conv (DeepInversion
-    needs BN statistics to match).
+    width (3-8-60, 42), the usual student. `norm` adds batch norm after each conv (DeepInversion
+    needs BN statistics to match), or group norm (DP-SGD needs per-example normalisation).
     """
 
-    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, half: bool = False, bn: bool = False):
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, half: bool = False, norm: Norm = None):
         super().__init__()
         channels, height, _ = input_shape
         c1, c2, c3, hidden = (3, 8, 60, 42) if half else (6, 16, 120, 84)
         pad = (32 - height) // 2 if height < 32 else 0
 
         def conv(cin, cout, padding=0):
-            layers = [nn.Conv2d(cin, cout, 5, padding=padding)]
-            return layers + ([nn.BatchNorm2d(cout)] if bn else []) + [nn.ReLU()]
+            return [nn.Conv2d(cin, cout, 5, padding=padding), *norm_layer(norm, cout), nn.ReLU()]
 
         self.features = nn.Sequential(
             *conv(channels, c1, pad),
@@ -118,9 +131,11 @@ class LeNet5(Classifier):
 
 
 for _half in (False, True):
-    for _bn in (False, True):
-        _name = "lenet5" + ("-half" if _half else "") + ("-bn" if _bn else "")
-        register_model(_name)(lambda shape, classes, half=_half, bn=_bn: LeNet5(shape, classes, half=half, bn=bn))
+    for _lenet_norm in (None, "bn", "gn"):
+        _name = "lenet5" + ("-half" if _half else "") + (f"-{_lenet_norm}" if _lenet_norm else "")
+        register_model(_name)(
+            lambda shape, classes, half=_half, norm=_lenet_norm: LeNet5(shape, classes, half=half, norm=norm)
+        )
 
 
 class AlexNetCIFAR(Classifier):
@@ -231,6 +246,13 @@ for _depth, _widen in ((16, 1), (16, 2), (40, 1), (40, 2)):
     register_model(f"wrn-{_depth}-{_widen}")(
         lambda shape, classes, d=_depth, k=_widen: WideResNet(shape, classes, d, k)
     )
+
+
+def has_batch_norm(name: str) -> bool:
+    """Whether the architecture normalises over a batch (no per-sample gradients, so no DP-SGD)."""
+    with torch.device("meta"):
+        model = MODELS[name]((1, 32, 32), 10)
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 class UnknownArchitecture(ConfigError):

@@ -33,8 +33,16 @@ from chain.errors import ArtifactError, RunFailed
 from chain.identity import Attestation
 from chain.provenance import uri_of
 from chain.registry import Registry, lineage_path
-from node.artifacts import ArtifactStore, Expected, serialize, sha256
-from node.config import DataConfig, DistillConfig, FaultConfig, FederationConfig, TeacherConfig, config_digest
+from node.artifacts import ArtifactStore, Expected, PrivacySpent, serialize, sha256
+from node.config import (
+    DataConfig,
+    DistillConfig,
+    FaultConfig,
+    FederationConfig,
+    PrivacyConfig,
+    TeacherConfig,
+    config_digest,
+)
 from node.data import spec_of
 from node.distiller import distill_student
 from node.messages import MODELS, Identity, Measurements, MessageError, Task, blob_to_array, remote_reason
@@ -115,6 +123,7 @@ class Coordinator:
     rpc_url: str = ""  # where nodes read the chain themselves; empty on the embedded chain
     federation: FederationConfig = field(default_factory=FederationConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     progress: Callable[[str, int, int], None] = lambda phase, done, total: None
     audit: Callable[[str, Message], None] | None = None  # sees every reply a data node sends (privacy tests)
     seal_to: bytes = b""  # the distiller's X25519 public key when nodes seal their files
@@ -317,6 +326,7 @@ class Coordinator:
             teacher=self.teacher,
             distill=self.distill,
             faults=self.faults,
+            privacy=self.privacy,
             keys_dir=str(self.keys_dir),
             run_id=self.run_id,
             seal_to=self.seal_to,
@@ -373,11 +383,15 @@ class Coordinator:
         return model
 
     def canonical(
-        self, state: dict, label_counts: list[int] | None = None, signing_key: str | None = None
+        self,
+        state: dict,
+        label_counts: list[int] | None = None,
+        signing_key: str | None = None,
+        privacy: PrivacySpent | None = None,
     ) -> tuple[bytes, bytes]:
-        """The canonical file of a teacher-architecture state dict (a teacher's with the class histogram its
-        node reported, and its node's signing-key fingerprint), and its hash: it only matches what the node
-        signed if the node reported truly."""
+        """The canonical file of a teacher-architecture state dict (a teacher's with the class histogram and the
+        privacy claim its node reported, and its node's signing-key fingerprint), and its hash: it only matches
+        what the node signed if the node reported truly."""
         spec = self._spec()
         model = self.teacher_model(state)
         blob = serialize(
@@ -387,6 +401,7 @@ class Coordinator:
             spec.num_classes,
             label_counts=label_counts,
             signing_key=signing_key,
+            privacy=privacy,
         )
         return blob, sha256(blob)
 

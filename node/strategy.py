@@ -137,7 +137,8 @@ class RegisteringFedAvg(strategies.FedAvg):
                 c.store.put_sealed(model_hash, ciphertext)
             else:
                 counts = record.label_histogram if kind == "teacher" else None
-                blob, actual = c.canonical(arrays.to_torch_state_dict(), counts, key_id)
+                privacy = signed.privacy_spent(sender) if kind == "teacher" else None
+                blob, actual = c.canonical(arrays.to_torch_state_dict(), counts, key_id, privacy)
                 if actual != model_hash:
                     raise ArtifactError(f"{kind} file hashes to 0x{actual.hex()}, the node signed 0x{model_hash.hex()}")
                 c.store.put(blob)

@@ -77,7 +77,8 @@ def run(
     ),
 ) -> None:
     """Run a scenario end to end and write its run directory."""
-    from simulations.report import accuracy_columns, node_rows, short, weighted_mean
+    from simulations.privacy import epsilon_text
+    from simulations.report import accuracy_columns, has_privacy, node_rows, short, weighted_mean
     from simulations.runner import run_scenario
     from simulations.scenario import load_scenario
 
@@ -99,7 +100,8 @@ def run(
     rows = node_rows(result)
     cols = accuracy_columns(rows)
     table = Table(title=f"{spec.name}: {spec.distill.method} student from {len(rows)} data nodes (accuracy %)")
-    right = ["train", "test"] + [t for _, t in cols]
+    private = has_privacy(rows)
+    right = ["train", "test"] + [t for _, t in cols] + (["teacher ε"] if private else [])
     for col in ["node", *right, "teacher tx", "attest tx"]:
         table.add_column(col, justify="right" if col in right else "left")
 
@@ -113,10 +115,19 @@ def run(
             str(r["train"]),
             str(r["test"]),
             *(pct(r.get(k)) for k, _ in cols),
+            *([epsilon_text(r["teacher_privacy"])] if private else []),
             short(r["teacher_tx"]),
             short(r["student_attest_tx"]),
         )
-    table.add_row("[bold]weighted mean", "", "", *(pct(weighted_mean(rows, k)) for k, _ in cols), "", "")
+    table.add_row(
+        "[bold]weighted mean",
+        "",
+        "",
+        *(pct(weighted_mean(rows, k)) for k, _ in cols),
+        *([""] if private else []),
+        "",
+        "",
+    )
     console.print(table)
     chain = result.chain
     console.print(
@@ -186,6 +197,8 @@ def events(
         found = [e for e in found if e["event"] == event]
     if node:
         found = [e for e in found if any(isinstance(v, str) and v.lower() == node.lower() for v in e["args"].values())]
+    if run_dir is not None:
+        _add_file_privacy(found, [run_dir])
     if as_json:
         print(json.dumps(found, indent=1))
         return
@@ -197,8 +210,49 @@ def events(
             f"{k}={short(v, 14) if isinstance(v, str) and v.startswith('0x') and len(v) > 20 else v}"
             for k, v in e["args"].items()
         )
+        if "privacy" in e:
+            args += f", ε={_epsilon(e['privacy'])} (from the file)"
         table.add_row(str(e["block"]), e["event"], e["tx"][:12] + "…", args)
     console.print(table)
+
+
+def _file_privacy(uri: str, model_hash: str, roots: list[Path]) -> dict | None | str:
+    """A teacher's published (epsilon, delta) from its file under `roots` once the hash is checked: a dict, None
+    (no DP), or a word saying why it is not known ("sealed", "no file")."""
+    from chain import provenance
+    from chain.errors import ArtifactError
+    from simulations.privacy import SEAL_KEY, published_privacy, run_store
+
+    path = provenance.resolve(uri, model_hash, roots)
+    if path is None:
+        return "no file"
+    digest = bytes.fromhex(model_hash.removeprefix("0x"))
+    try:
+        if path.suffix != ".enc":
+            blob = path.read_bytes()
+        elif (path.parents[3] / SEAL_KEY).is_file():  # the run directory (store/ab/cd/...) keeps the distiller's key
+            blob = run_store(path.parents[3]).get(digest)
+        else:
+            return "sealed"
+        spent = published_privacy(blob, digest)
+    except ArtifactError:
+        return "unreadable"
+    return None if spent is None else spent.model_dump()
+
+
+def _epsilon(privacy: dict | None | str) -> str:
+    from simulations.privacy import epsilon_text
+
+    return privacy if isinstance(privacy, str) else epsilon_text(privacy)
+
+
+def _add_file_privacy(found: list[dict], roots: list[Path]) -> None:
+    """Each TeacherRegistered event of a teacher gets `privacy`: what its verified file says."""
+    from chain.identity import KIND_TEACHER
+
+    for e in found:
+        if e["event"] == "TeacherRegistered" and e["args"].get("kind") == KIND_TEACHER:
+            e["privacy"] = _file_privacy(e["args"]["uri"], e["args"]["modelHash"], roots)
 
 
 @app.command()
@@ -222,6 +276,9 @@ def lineage(
     found, _ = _events_from(run_dir, rpc, address, whole_chain=True)
     roots = ([run_dir] if run_dir else []) + list(files)
     trees = [provenance.lineage(found, h, roots) for h in hashes]
+    if roots:
+        for t in trees:
+            _add_tree_privacy(t, roots)
     if as_json:
         print(json.dumps(trees, indent=1))
     else:
@@ -234,6 +291,16 @@ def lineage(
             console.print(root)
     if any(t is None for t in trees):
         raise typer.Exit(1)
+
+
+def _add_tree_privacy(t: dict | None, roots: list[Path]) -> None:
+    """Every teacher in the tree gets `privacy`: the (epsilon, delta) inside its verified file."""
+    if t is None:
+        return
+    if t.get("kind") == "teacher" and t.get("registered"):
+        t["privacy"] = _file_privacy(t["uri"], t["model_hash"], roots)
+    for child in t.get("teachers", []):
+        _add_tree_privacy(child, roots)
 
 
 def _describe(t: dict) -> str:
@@ -253,6 +320,8 @@ def _describe(t: dict) -> str:
         head = (
             f"[bold]{t['kind']}[/] {t['model_hash']}  by data node {t['owner']}, round {t['round']}, block {t['block']}"
         )
+        if "privacy" in t:
+            head += f", ε {_epsilon(t['privacy'])}"
     return head
 
 
@@ -456,6 +525,60 @@ def compare(run_dirs: list[Path] = typer.Argument(..., help="run directories wri
 
 @app.command()
 @one_line_errors
+def privacy(
+    run_dir: Path = typer.Argument(..., help="a run directory written by kdledger run"),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """The leakage meter, run where the data lives: per node, the teacher's published epsilon, a loss-threshold
+    membership attack on it (AUC, TPR at 1% FPR) and how close the run's synthetic inputs come to its training
+    images against held-out ones. Writes RUN_DIR/privacy.json."""
+    from simulations.privacy import epsilon_text, measure_run
+    from simulations.report import short
+
+    _quiet_logs(False)
+    with Progress(*_BAR, console=err_console, transient=True, disable=as_json) as bar:
+        task = bar.add_task("measuring nodes", total=None)
+        result = measure_run(run_dir, lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    table = Table(title=f"{result['scenario']}: leakage per node ({result['synthetic']} synthetic samples)")
+    columns = [
+        "node",
+        "teacher ε",
+        "teacher %",
+        "MIA AUC",
+        "TPR @1% FPR",
+        "members / non",
+        "closer to train px",
+        "closer to train feat",
+        "NN px train / held-out",
+    ]
+    for col in columns:
+        table.add_column(col, justify="left" if col == "node" else "right")
+    for r in result["nodes"]:
+        m, px, ft = r["membership"], r["inversion"]["pixels"], r["inversion"]["features"]
+        acc = r["teacher_accuracy"]
+        table.add_row(
+            short(r["node"], 12),
+            epsilon_text(r["privacy"]),
+            "-" if acc is None else f"{100 * acc:.2f}",
+            f"{m['auc']:.3f}",
+            f"{m['tpr_at_1pct_fpr']:.3f}",
+            f"{m['members']} / {m['non_members']}",
+            f"{px['closer_to_train']:.3f}",
+            f"{ft['closer_to_train']:.3f}",
+            f"{px['median_to_train']:.2f} / {px['median_to_held_out']:.2f}",
+        )
+    console.print(table)
+    console.print(f"written to {Path(run_dir) / 'privacy.json'}", highlight=False)
+
+
+_BAR = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+@app.command()
+@one_line_errors
 def methods(name: Optional[str] = typer.Argument(None, help="one method (default: every registered method)")) -> None:
     """The distillation methods and their `distill.options`: key, default and meaning (markdown)."""
     from node.dfkd import METHODS
@@ -607,6 +730,46 @@ def bench_scale_command(
     result = bench_scale(scenario, counts, out, rpc_url=rpc)
     _write_table(out / "scale", result, _bench_command_line("scale"), scale_markdown)
     console.print((out / "scale.md").read_text(), highlight=False, soft_wrap=True)
+
+
+@bench_app.command("privacy")
+@one_line_errors
+def bench_privacy_command(
+    scenario: Path = typer.Option(Path("simulations/scenarios/fmnist-dp-eps3.yaml"), "--scenario"),
+    epsilons: str = typer.Option("inf,8,3,1", "--epsilons", help="comma list of target epsilons; inf: no DP"),
+    out: Path = typer.Option(Path("runs/bench-privacy"), "--out"),
+    overrides: list[str] = typer.Option([], "--set", help="override a scenario key for every run (repeatable)"),
+) -> None:
+    """One scenario at several target epsilons: teachers' and student's accuracy, membership attack and
+    inversion closeness in one table (privacy.md, privacy.json) and a privacy-utility plot (privacy.png)."""
+    from chain.errors import ConfigError
+    from simulations.plots import privacy_utility
+    from simulations.privacy import bench_privacy, privacy_markdown
+
+    try:
+        targets = [None if e.strip() == "inf" else float(e) for e in epsilons.split(",") if e.strip()]
+    except ValueError:
+        raise ConfigError(f"--epsilons {epsilons!r}: numbers or inf, comma-separated") from None
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out}: directory exists and is not empty (nothing is overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    _quiet_logs(False)
+    command = _bench_command_line("privacy")
+
+    def write(result: dict) -> None:  # after every epsilon, so a stopped bench keeps what it measured
+        _write_table(out / "privacy", result, command, privacy_markdown)
+        privacy_utility(result["rows"], out / "privacy.png")
+
+    with Progress(*_BAR, console=err_console) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total or None)
+            bar.update(tasks[phase], completed=done, total=total or None)
+
+        bench_privacy(scenario, targets, out, overrides, progress=progress, on_row=write)
+    console.print((out / "privacy.md").read_text(), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

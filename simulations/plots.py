@@ -73,6 +73,38 @@ def distillation_curve(losses: list[float], path: Path) -> None:
     plt.close(fig)
 
 
+def privacy_utility(rows: list[dict], path: Path) -> None:
+    """`kdledger bench privacy`: utility (accuracies) and leakage (the membership attack's AUC, the synthetic
+    inputs' closeness to training images) at each target epsilon, in the order the bench ran them."""
+    labels = ["∞" if r["target_epsilon"] is None else f"{r['target_epsilon']:g}" for r in rows]
+    x = np.arange(len(rows))
+
+    def series(key: str) -> list[float]:
+        return [np.nan if r.get(key) is None else r[key] for r in rows]
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for key, title in (("teacher_accuracy", "node teachers (mean)"), ("student_accuracy", "student")):
+        left.plot(x, [100 * v for v in series(key)], marker="o", label=title)
+    left.set_ylabel("accuracy on private test splits (%)")
+    left.set_title("Utility")
+    for key, title in (
+        ("mia_auc", "membership attack AUC"),
+        ("closer_to_train_pixels", "synthetic closer to train (pixels)"),
+        ("closer_to_train_features", "synthetic closer to train (features)"),
+    ):
+        right.plot(x, series(key), marker="o", label=title)
+    right.axhline(0.5, color="grey", linestyle=":", linewidth=1)  # no leakage: a coin flip
+    right.set_ylim(0, 1)
+    right.set_title("Leakage (0.5: none measured)")
+    for ax in (left, right):
+        ax.set_xticks(x, labels)
+        ax.set_xlabel("target epsilon per node (δ fixed)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_plots(
     out: Path, rows: list[dict], columns: list[tuple[str, str]], transfer, losses: list[float]
 ) -> list[Path]:

@@ -16,7 +16,10 @@ SHARED = ("ensemble", "fedavg-once", "global")  # teachers every node measures, 
 
 
 def node_rows(result) -> list[dict]:
-    """One row per data node: sizes, what it measured, and the transactions that recorded it."""
+    """One row per data node: sizes, what it measured, its teacher's published privacy, and the transactions
+    that recorded it."""
+    from simulations.privacy import teacher_privacy
+
     ledger = result.ledger
     student = ledger.student_hash.hex() if ledger.student_hash else None
     txs = ledger.transactions
@@ -42,6 +45,7 @@ def node_rows(result) -> list[dict]:
                 "label_histogram": r.label_histogram,
                 "teacher_hash": teacher,
                 "teacher_accuracy": acc(teacher) if result.scenario.federation.mode == "one-shot" else None,
+                "teacher_privacy": _dump(teacher_privacy(result.out_dir, teacher)),
                 **{
                     f"{name}_accuracy": acc(ledger.aggregates[name].hex())
                     for name in SHARED
@@ -54,6 +58,15 @@ def node_rows(result) -> list[dict]:
             }
         )
     return rows
+
+
+def _dump(privacy) -> dict | None:
+    return None if privacy is None else privacy.model_dump()
+
+
+def has_privacy(rows: list[dict]) -> bool:
+    """Whether any teacher was trained with DP (then tables show each teacher's epsilon)."""
+    return any(row.get("teacher_privacy") for row in rows)
 
 
 def accuracy_columns(rows: list[dict]) -> list[tuple[str, str]]:
@@ -96,14 +109,19 @@ def write_run_dir(result, transfer=None) -> None:
     (out / "chain.json").write_text(json.dumps(result.chain, indent=1) + "\n")
     (out / "scenario.yaml").write_text(yaml.safe_dump(result.scenario.model_dump(mode="json"), sort_keys=False))
     from simulations.plots import write_plots
+    from simulations.privacy import save_synthetic
 
+    save_synthetic(transfer, out)  # for the leakage meter (kdledger privacy)
     plots = write_plots(out, rows, accuracy_columns(rows), transfer, ledger.distill.get("losses", []))
     (out / "report.md").write_text(render_report(result, rows, metrics, plots))
 
 
 def render_report(result, rows, metrics, plots=()) -> str:
     s, chain, d = result.scenario, result.chain, result.ledger.distill
+    from simulations.privacy import epsilon_text
+
     cols = accuracy_columns(rows)
+    private = has_privacy(rows)
     fed = s.federation
     mode = (
         f"{fed.strategy} over {fed.rounds} rounds builds one global teacher"
@@ -131,18 +149,34 @@ def render_report(result, rows, metrics, plots=()) -> str:
         ),
         "| node | train | test | "
         + " | ".join(t for _, t in cols)
+        + (" | teacher ε" if private else "")
         + " | label histogram | teacher tx | student attestation tx |",
-        "|---|---:|---:|" + "---:|" * len(cols) + "---|---|---|",
+        "|---|---:|---:|" + "---:|" * len(cols) + ("---:|" if private else "") + "---|---|---|",
     ]
     for r in rows:
         note = f" ({r['error']})" if r["error"] else ""
         lines.append(
             f"| `{r['node']}`{note} | {r['train']} | {r['test']} | "
             + " | ".join(_pct(r.get(k)) for k, _ in cols)
+            + (f" | {epsilon_text(r['teacher_privacy'])}" if private else "")
             + f" | {r['label_histogram']} | `{short(r['teacher_tx'], 18)}` | `{short(r['student_attest_tx'], 18)}` |"
         )
     wm = metrics["weighted_mean"]
-    lines += ["| weighted mean |  |  | " + " | ".join(_pct(wm.get(k)) for k, _ in cols) + " |  |  |  |", ""]
+    lines += [
+        "| weighted mean |  |  | "
+        + " | ".join(_pct(wm.get(k)) for k, _ in cols)
+        + (" | " if private else "")
+        + " |  |  |  |",
+        "",
+    ]
+    if private:
+        lines += [
+            f"Teachers trained with DP-SGD (Opacus, clipping norm {s.privacy.max_grad_norm}, {s.privacy.accountant} "
+            f"accountant) to ε {s.privacy.epsilon:g} at δ {s.privacy.delta:g}; each ε above is what the node's "
+            "accountant spent, read from the teacher's file, which the node's signed hash covers "
+            "(docs/privacy.md). `kdledger privacy` measures the leakage.",
+            "",
+        ]
     lines += [
         "## Chain",
         "",
@@ -165,6 +199,13 @@ def render_report(result, rows, metrics, plots=()) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def teacher_epsilon(rows: list[dict]) -> str:
+    """The largest epsilon any teacher's file holds; ∞ when a teacher was trained without DP."""
+    spent = [row.get("teacher_privacy") for row in rows if row.get("teacher_hash")]
+    epsilons = [p["epsilon"] for p in spent if p]
+    return f"{max(epsilons):.2f}" if spent and len(epsilons) == len(spent) else "∞"
 
 
 def compare_runs(run_dirs: list) -> str:
@@ -208,12 +249,13 @@ def compare_runs(run_dirs: list) -> str:
                     "student_accuracy",
                 )
             )
-            + f" | `{short(metrics['student_hash'], 12)}` | {metrics['wall_seconds']:.0f} |"
+            + f" | {teacher_epsilon(metrics['nodes'])} | `{short(metrics['student_hash'], 12)}` "
+            f"| {metrics['wall_seconds']:.0f} |"
         )
     header = (
         "| run | dataset | partition | nodes | method | options (not default) | own teacher | ensemble "
         "| global teacher "
-        "| FedAvg once | student | student hash | wall s |\n"
-        "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---|---:|"
+        "| FedAvg once | student | teacher ε (max) | student hash | wall s |\n"
+        "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|"
     )
     return header + "\n" + "\n".join(rows) + "\n"

@@ -171,6 +171,7 @@ def prepare_run(scenario: Scenario, out: Path | None = None, *, progress=None, a
         rpc_url=scenario.chain.rpc_url or "",
         federation=scenario.federation,
         faults=scenario.faults,
+        privacy=scenario.privacy,
         audit=audit,
         progress=progress or (lambda phase, done, total: None),
     )

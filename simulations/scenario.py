@@ -21,13 +21,14 @@ from node.config import (
     DistillConfig,
     FaultConfig,
     FederationConfig,
+    PrivacyConfig,
     Strict,
     TeacherConfig,
     config_digest,
 )
 from node.data import LOADERS, PATH_DATASETS
 from node.dfkd import METHODS, MethodError
-from node.models import MODELS
+from node.models import MODELS, has_batch_norm
 
 
 class ScenarioError(ConfigError):
@@ -75,6 +76,7 @@ class Scenario(Strict):
     distill: DistillConfig = DistillConfig()
     federation: FederationConfig = FederationConfig()
     faults: FaultConfig = FaultConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     chain: ChainConfig = ChainConfig()
     simulation: SimulationConfig = SimulationConfig()
 
@@ -110,6 +112,12 @@ class Scenario(Strict):
             raise ValueError(
                 "federation.seal_artifacts: fedavg aggregates plaintext updates; sealing is for one-shot runs"
             )
+        if self.distill.method == "deepinversion" and not has_batch_norm(self.teacher.model):
+            raise ValueError(
+                f"distill.method: deepinversion matches BatchNorm statistics, and {self.teacher.model} has none"
+            )
+        if self.privacy.enabled:
+            self._check_private()
         if self.federation.min_nodes > self.nodes:
             raise ValueError(f"federation.min_nodes: {self.federation.min_nodes} is more than the {self.nodes} nodes")
         for phase in ("train", "evaluate"):
@@ -127,9 +135,32 @@ class Scenario(Strict):
             raise ValueError("chain.registry: reusing a registry needs chain.rpc_url (the embedded chain starts empty)")
         return self
 
+    def _check_private(self) -> None:
+        """DP-SGD as configured, or one line saying why not: never a silent substitution."""
+        if self.federation.mode == "fedavg":
+            raise ValueError("privacy.epsilon: DP teachers are one-shot only for now (fedavg is not supported yet)")
+        if has_batch_norm(self.teacher.model):
+            alternative = self.teacher.model.replace("-bn", "-gn")
+            hint = (
+                f"; use {alternative} (GroupNorm)"
+                if alternative in MODELS and alternative != self.teacher.model
+                else ""
+            )
+            raise ValueError(
+                f"teacher.model: {self.teacher.model} has BatchNorm, which mixes a batch's examples: DP-SGD needs "
+                f"per-sample gradients{hint}"
+            )
+        if getattr(METHODS[self.distill.method].Options(**self.distill.options), "node_ebm", False):
+            raise ValueError(
+                f"distill.options.node_ebm: {self.distill.method}'s node-side EBM is trained on private data "
+                "without DP; set it to false with privacy.epsilon"
+            )
+
     def decisive(self) -> dict:
-        """Everything that decides the result (not where the chain runs or how many CPUs)."""
-        return self.model_dump(mode="json", include={"seed", "nodes", "data", "teacher", "distill", "federation"})
+        """Everything that decides the result (not where the chain runs or how many CPUs); `privacy` only when
+        DP is on, so that the configuration hash of a run without DP is what it was before the section existed."""
+        sections = {"seed", "nodes", "data", "teacher", "distill", "federation"}
+        return self.model_dump(mode="json", include=sections | ({"privacy"} if self.privacy.enabled else set()))
 
     def config_hash(self) -> bytes:
         return config_digest(self.decisive())
