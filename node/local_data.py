@@ -145,8 +145,7 @@ def open_image(data: Path | bytes, spec: DatasetSpec, where: str) -> np.ndarray:
     """An encoded PNG or JPEG (a file, or bytes from a table) as checked pixels."""
     try:
         with Image.open(data if isinstance(data, Path) else io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-            image.load()
-            return image_pixels(image, spec, where)
+            return image_pixels(image, spec, where)  # the size is checked from the header, before decoding
     except DatasetError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

@@ -331,6 +331,18 @@ def test_export_folders_never_overwrites_without_force(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "mine.txt", "node-0"]
 
 
+def test_kdledger_run_stops_at_a_bad_file_in_one_line_before_the_chain_starts(tmp_path):
+    root, culprit = _bad_folder(tmp_path, "size")
+    scenario = tmp_path / "bad.yaml"
+    local = {i: {"format": "imagefolder", "path": str(root)} for i in range(2)}
+    scenario.write_text(yaml.safe_dump({"name": "bad", "nodes": 2, "data": {"local": local}}))
+    done = kdledger("run", str(scenario), "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line == f"error: {culprit}: 8x9 pixels, but digits images are 8x8 (nothing is resized)"
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow  # a federation through Ray; `make test-all` runs it
 def test_a_federation_on_its_own_folders_is_recorded_on_chain(tmp_path):
     folders = tmp_path / "folders"
