@@ -28,21 +28,29 @@ IMAGE_FORMATS = ("PNG", "JPEG")  # Pillow parses only these: a node's files are 
 
 def local_splits(source: LocalData, spec: DatasetSpec, seed: int, test_fraction: float) -> tuple[Split, Split]:
     """A node's train and test split from its own files: `source.test_path`, or a seeded share held out."""
-    x, y = read_source(source, source.path, spec)
+    x, y = _scaled(*read_source(source, source.path, spec), spec)
     if source.test_path is not None:
-        test_x, test_y = read_source(source, source.test_path, spec)
-        return _split(x, y, spec), _split(test_x, test_y, spec)
+        test_x, test_y = _scaled(*read_source(source, source.test_path, spec), spec)
+        return _split(x, y, np.arange(len(y))), _split(test_x, test_y, np.arange(len(test_y)))
     fraction = source.test_fraction if source.test_fraction is not None else test_fraction
     n_test = math.ceil(fraction * len(y))  # as the partitions' train_test_split rounds
     if n_test >= len(y):
         raise DatasetError(f"{source.path}: {len(y)} examples are too few to hold out {fraction} as a test split")
     order = np.random.default_rng(seed).permutation(len(y))
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])  # each split keeps the files' order
-    return _split(x[train], y[train], spec), _split(x[test], y[test], spec)
+    return _split(x, y, train), _split(x, y, test)
 
 
-def _split(raw: np.ndarray, y: np.ndarray, spec: DatasetSpec) -> Split:
-    return Split(torch.from_numpy(spec.scale(raw)), torch.from_numpy(y.astype(np.int64)))
+def _scaled(raw: np.ndarray, y: np.ndarray, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs as the built-in loaders make them, values and layout: a grayscale set is scaled as (N, H, W) and
+    then given its channel axis. The layout (its strides) decides which convolution kernel runs, hence a
+    teacher's last bits: so a node's exported partition trains the very teacher its partition trains."""
+    x = spec.scale(raw[:, 0])[:, None] if raw.shape[1] == 1 else spec.scale(raw)
+    return x, y.astype(np.int64)
+
+
+def _split(x: np.ndarray, y: np.ndarray, index: np.ndarray) -> Split:
+    return Split(torch.from_numpy(x[index]), torch.from_numpy(y[index]))  # a copy by index, as a partition's
 
 
 def read_source(source: LocalData, path: Path, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:

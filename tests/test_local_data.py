@@ -48,7 +48,26 @@ def test_an_exported_partition_reads_back_bit_for_bit(tmp_path):
     write_image_folder(test, DIGITS, tmp_path / "test")
     own_train, own_test = read({"format": "imagefolder", "path": tmp_path / "train", "test_path": tmp_path / "test"})
     assert same(own_train, train) and same(own_test, test)
+    assert torch.equal(own_train.x.view(torch.int32), train.x.view(torch.int32))  # every bit, the zeros' signs too
+    assert own_train.x.stride() == train.x.stride()  # the layout picks the convolution kernel: the same teacher
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == [str(i) for i in range(10)]
+
+
+def test_an_exported_partition_trains_the_very_teacher_its_partition_trains(tmp_path):
+    from node.models import build_model
+    from node.training import train_classifier
+
+    train, test = node_splits(DataConfig(), 0, 3, seed=0)
+    write_image_folder(train, DIGITS, tmp_path / "train")
+    write_image_folder(test, DIGITS, tmp_path / "test")
+    own, _ = read({"format": "imagefolder", "path": tmp_path / "train", "test_path": tmp_path / "test"})
+    weights = []
+    for split in (train, own):
+        torch.manual_seed(0)
+        model = build_model("digits-cnn-bn", DIGITS.input_shape, DIGITS.num_classes)
+        train_classifier(model, split, epochs=1, lr=1e-3, batch_size=32, seed=1)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(*weights)
 
 
 def test_a_held_out_fraction_is_seeded(tmp_path):
