@@ -600,7 +600,7 @@ def export_folders_command(
             write_image_folder(test, spec, out / f"node-{i}" / "test")
             counts.append({"node": i, "train": len(train), "test": len(test)})
             bar.update(task, advance=1)
-    settings = data.model_dump(mode="json", exclude={"path", "min_partition_size"})
+    settings = data.model_dump(mode="json", exclude={"path"})
     (out / "export.json").write_text(json.dumps({**settings, "seed": seed, "per_node": per_node, "nodes": counts}))
     for c in counts:
         console.print(f"{out}/node-{c['node']}: {c['train']} train, {c['test']} test images", highlight=False)
