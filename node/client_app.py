@@ -16,20 +16,22 @@ there a node can only hash what it measures and sign that hash.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from pydantic import ValidationError
 
 from chain.backends import connect
-from chain.errors import ArtifactError
+from chain.errors import ArtifactError, DataError
 from chain.identity import KIND_BY_NAME, Attestation, Publication, load_key, sign
 from chain.provenance import uri_of
 from chain.registry import Registry
 from node.artifacts import Expected, deserialize, seal, serialize, sha256
-from node.config import DataConfig
+from node.config import DataConfig, LocalData
 from node.data import Split, node_splits, spec_of
 from node.dfkd import InputSpace, method_class
 from node.dfkd.augment import Augment
@@ -54,8 +56,30 @@ app = ClientApp()
 
 
 @functools.lru_cache(maxsize=4)
-def _splits(data: DataConfig, partition_id: int, num_partitions: int, seed: int) -> tuple[Split, Split]:
-    return node_splits(data, partition_id, num_partitions, seed)
+def _splits(
+    data: DataConfig, partition_id: int, num_partitions: int, seed: int, own: LocalData | None
+) -> tuple[Split, Split]:
+    return node_splits(data, partition_id, num_partitions, seed, own)
+
+
+# A deployed node's own files, named in its node config (`data-format`, `data-path`, ...): the coordinator
+# never sees where they are. Each key is a LocalData field, '-' for '_', after "data-".
+NODE_CONFIG_DATA = {f"data-{name.replace('_', '-')}": name for name in LocalData.model_fields}
+
+
+def own_data(node_config: Mapping, data: DataConfig, partition_id: int) -> LocalData | None:
+    """The node's own data source from its node config, if it names one."""
+    given = {NODE_CONFIG_DATA[k]: v for k, v in node_config.items() if k in NODE_CONFIG_DATA}
+    if not given:
+        return None
+    if partition_id in data.local:
+        raise DataError(f"node {partition_id}: its node config and the scenario's data.local both name its data")
+    try:
+        return LocalData.model_validate(given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = "data-" + "-".join(str(p) for p in err["loc"]).replace("_", "-") if err["loc"] else "data-*"
+        raise DataError(f"node config {key}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
 class DataNode:
@@ -68,10 +92,11 @@ class DataNode:
         key_file = context.node_config.get("key-file") or Path(task.keys_dir) / f"node-{self.partition_id}.json"
         self.account = load_key(Path(str(key_file)))
         self.rpc_url = str(context.node_config.get("rpc-url") or task.rpc_url)
+        self.own_data = own_data(context.node_config, task.data, self.partition_id)
 
     @property
     def splits(self) -> tuple[Split, Split]:
-        return _splits(self.task.data, self.partition_id, self.num_partitions, self.task.seed)
+        return _splits(self.task.data, self.partition_id, self.num_partitions, self.task.seed, self.own_data)
 
 
 @functools.lru_cache(maxsize=2)

@@ -10,13 +10,39 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from node.dfkd import DEFAULT_METHOD, StudentLoop
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalData(Strict):
+    """A node's own files, read instead of a partition of the public dataset (docs/data.md)."""
+
+    format: Literal["imagefolder", "huggingface", "parquet", "csv"] = Field(
+        description="imagefolder: root/<class>/*.png|jpg|jpeg; huggingface: a dataset saved with save_to_disk; "
+        "parquet, csv: a table"
+    )
+    path: Path = Field(description="the train split (a folder, a saved dataset or a table file)")
+    test_path: Path | None = Field(None, description="the test split, in the same format")
+    test_fraction: float | None = Field(
+        None, gt=0, lt=1, description="without test_path: the share held out (default data.test_fraction)"
+    )
+    label_column: str = Field("label", description="tables and datasets: the class (an id, or a class name)")
+    image_column: str | None = Field(
+        None,
+        description="tables and datasets: the column holding each image (encoded bytes, an image, or an array "
+        "of pixels); default `image` where there is one, else every column but the label is a pixel",
+    )
+
+    @model_validator(mode="after")
+    def _one_test_split(self):
+        if self.test_path is not None and self.test_fraction is not None:
+            raise ValueError("test_path and test_fraction: name one test split, not both")
+        return self
 
 
 class DataConfig(Strict):
@@ -29,6 +55,21 @@ class DataConfig(Strict):
     test_fraction: float = Field(
         0.2, gt=0, lt=1, description="share of each node's partition kept as its private test split"
     )
+    local: dict[int, LocalData] = Field(
+        default_factory=dict,
+        description="nodes that read their own files, by node index; the other nodes keep their partition",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_local(self, handler):
+        # A scenario without local data dumps as it did before `local` existed: same config hash, same task.
+        dumped = handler(self)
+        if not self.local:
+            dumped.pop("local", None)
+        return dumped
+
+    def __hash__(self) -> int:  # `local` is a dict: hash the canonical JSON (the splits are cached by config)
+        return hash(self.model_dump_json())
 
 
 class TeacherConfig(Strict):

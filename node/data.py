@@ -18,7 +18,7 @@ from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
 from chain.errors import DataError
-from node.config import DataConfig
+from node.config import DataConfig, LocalData
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,19 @@ class DatasetSpec:
     num_classes: int
     bounds: tuple[float, float] = (-1.0, 1.0)  # inputs are scaled into this range
     flip: bool = False  # a mirrored example is still an example of its class (clothes, objects; not digits)
+    classes: tuple[str, ...] = ()  # what each class id means, so that every node's files agree (default "0", "1", ...)
+    pixel_max: int = 255  # raw pixels are whole numbers 0..pixel_max, scaled linearly into `bounds`
+
+    def __post_init__(self):
+        if not self.classes:
+            object.__setattr__(self, "classes", tuple(str(i) for i in range(self.num_classes)))
+        if len(self.classes) != self.num_classes:
+            raise ValueError(f"{self.name}: {len(self.classes)} class names for {self.num_classes} classes")
+
+    def scale(self, raw: np.ndarray) -> np.ndarray:
+        """Raw pixels into the input range, as every loader does (x / 255 * 2 - 1 for 8-bit images)."""
+        low, high = self.bounds
+        return raw.astype(np.float32) / float(self.pixel_max) * (high - low) + low
 
 
 @dataclass(frozen=True)
@@ -130,12 +143,26 @@ def _svhn(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, DatasetSpec
     return x, y, SPECS["svhn"]
 
 
+# Class names as the datasets' authors give them, spelt to be folder names (docs/data.md says how files match them).
+FASHION_MNIST_CLASSES = (
+    "t-shirt-top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"
+)  # fmt: skip
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = tuple(
+    """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can
+    castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin
+    elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster
+    man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck
+    pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk
+    skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger
+    tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split()
+)  # CIFAR-100's fine labels, in id order (alphabetical, as its meta file lists them)
 SPECS = {
-    "digits": DatasetSpec("digits", (1, 8, 8), 10),
+    "digits": DatasetSpec("digits", (1, 8, 8), 10, pixel_max=16),  # scikit-learn's digits: 17 grey levels
     "mnist": DatasetSpec("mnist", (1, 28, 28), 10),
-    "fashion-mnist": DatasetSpec("fashion-mnist", (1, 28, 28), 10, flip=True),
-    "cifar10": DatasetSpec("cifar10", (3, 32, 32), 10, flip=True),
-    "cifar100": DatasetSpec("cifar100", (3, 32, 32), 100, flip=True),
+    "fashion-mnist": DatasetSpec("fashion-mnist", (1, 28, 28), 10, flip=True, classes=FASHION_MNIST_CLASSES),
+    "cifar10": DatasetSpec("cifar10", (3, 32, 32), 10, flip=True, classes=CIFAR10_CLASSES),
+    "cifar100": DatasetSpec("cifar100", (3, 32, 32), 100, flip=True, classes=CIFAR100_CLASSES),
     "svhn": DatasetSpec("svhn", (3, 32, 32), 10),
 }
 # Datasets read from a local folder, with the folder used when data.path is not given.
@@ -171,8 +198,17 @@ def spec_of(name: str) -> DatasetSpec:
     return SPECS[name]
 
 
-def node_splits(cfg: DataConfig, partition_id: int, num_partitions: int, seed: int) -> tuple[Split, Split]:
-    """The private train and test split of one node."""
+def node_splits(
+    cfg: DataConfig, partition_id: int, num_partitions: int, seed: int, own: LocalData | None = None
+) -> tuple[Split, Split]:
+    """The private train and test split of one node: its own files if it names some (`own`, from its node
+    config, or the scenario's data.local), else its partition of the public dataset. A node with its own
+    files leaves its partition unused, so the other nodes' partitions are the same whichever nodes have files."""
+    source = own or cfg.local.get(partition_id)
+    if source is not None:
+        from node.local_data import local_splits  # it builds on this module's types
+
+        return local_splits(source, spec_of(cfg.dataset), seed, cfg.test_fraction)
     x, y, partitioner = _partitioned(cfg, num_partitions, seed)
     part = partitioner.load_partition(partition_id)
     halves = part.train_test_split(test_size=cfg.test_fraction, seed=seed)

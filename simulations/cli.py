@@ -772,6 +772,87 @@ def bench_privacy_command(
     console.print((out / "privacy.md").read_text(), highlight=False, soft_wrap=True)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="A node's own data: write and read image folders.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("export-folders")
+@one_line_errors
+def export_folders_command(
+    dataset: str = typer.Option(..., "--dataset", help="a dataset by name, e.g. fashion-mnist or digits"),
+    nodes: int = typer.Option(..., "--nodes", min=1, help="how many nodes' partitions to write"),
+    out: Path = typer.Option(..., "--out", help="where node-<i>/train/<class>/*.png and node-<i>/test/... go"),
+    data_path: Optional[Path] = typer.Option(None, "--data-path", help="folder of the dataset's files"),
+    partitioner: str = typer.Option("dirichlet", "--partitioner", help="dirichlet, iid or pathological"),
+    alpha: float = typer.Option(0.5, "--alpha", help="Dirichlet concentration"),
+    classes_per_node: int = typer.Option(2, "--classes-per-node", help="pathological: classes each node holds"),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="share of each partition written as test/"),
+    seed: int = typer.Option(0, "--seed", help="the scenario seed the partitions are drawn with"),
+    per_node: Optional[int] = typer.Option(
+        None, "--per-node", min=1, help="at most this many train images per node (its test images in proportion)"
+    ),
+    force: bool = typer.Option(False, "--force", help="replace the node-<i> folders already in --out"),
+) -> None:
+    """Write each node's partition of a public dataset as PNG image folders, as a node's own files would be:
+    a scenario's data.local then reads them (simulations/scenarios/fmnist-folders.yaml)."""
+    import math
+    import re
+    import shutil
+
+    from pydantic import ValidationError
+
+    from chain.errors import ConfigError
+    from node.config import DataConfig
+    from node.data import Split, node_splits, spec_of
+    from node.local_data import write_image_folder
+    from simulations.scenario import Scenario
+
+    try:  # the scenario's own checks: a known dataset, a folder that exists, valid partition settings
+        scenario = Scenario.model_validate(
+            {
+                "name": "export",
+                "seed": seed,
+                "nodes": nodes,
+                "data": {
+                    "dataset": dataset,
+                    "path": data_path,
+                    "partitioner": partitioner,
+                    "alpha": alpha,
+                    "classes_per_node": classes_per_node,
+                    "test_fraction": test_fraction,
+                },
+            }
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        option = f"--{str(err['loc'][-1]).replace('_', '-')}: " if err["loc"] else ""
+        raise ConfigError(f"export-folders: {option}{err['msg'].removeprefix('Value error, ')}") from None
+    data: DataConfig = scenario.data
+    spec = spec_of(dataset)
+    previous = [p for p in out.iterdir() if p.is_dir() and re.fullmatch(r"node-\d+", p.name)] if out.is_dir() else []
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise ConfigError(f"--out {out}: not empty (nothing is overwritten; --force replaces its node-<i> folders)")
+        for folder in previous:  # only what an export writes: whatever else is in --out stays
+            shutil.rmtree(folder)
+    counts = []
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), console=err_console) as bar:
+        task = bar.add_task("nodes", total=nodes)
+        for i in range(nodes):
+            train, test = node_splits(data, i, nodes, seed)
+            if per_node is not None:
+                keep_test = math.ceil(per_node * test_fraction / (1 - test_fraction))
+                train, test = (Split(s.x[:n], s.y[:n]) for s, n in ((train, per_node), (test, keep_test)))
+            write_image_folder(train, spec, out / f"node-{i}" / "train")
+            write_image_folder(test, spec, out / f"node-{i}" / "test")
+            counts.append({"node": i, "train": len(train), "test": len(test)})
+            bar.update(task, advance=1)
+    settings = data.model_dump(mode="json", exclude={"path"})
+    (out / "export.json").write_text(json.dumps({**settings, "seed": seed, "per_node": per_node, "nodes": counts}))
+    for c in counts:
+        console.print(f"{out}/node-{c['node']}: {c['train']} train, {c['test']} test images", highlight=False)
+
+
 def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

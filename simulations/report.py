@@ -116,6 +116,23 @@ def write_run_dir(result, transfer=None) -> None:
     (out / "report.md").write_text(render_report(result, rows, metrics, plots))
 
 
+def data_sources(s) -> str:
+    """Where the nodes' data comes from: partitions of the public dataset, their own files, or both."""
+    partitions = f"{s.data.partitioner}, alpha {s.data.alpha}"
+    if not s.data.local:
+        return partitions
+    own = ", ".join(f"node {i}: {src.format} {src.path}" for i, src in sorted(s.data.local.items()))
+    rest = s.nodes - len(s.data.local)
+    return f"own files, {own}" + (f"; {rest} partitions, {partitions}" if rest else "")
+
+
+def _partition_cell(data: dict, nodes: int) -> str:
+    split = {"dirichlet": f"dirichlet {data['alpha']}", "pathological": f"{data['classes_per_node']} classes/node"}
+    partitions = split.get(data["partitioner"], data["partitioner"])
+    own = len(data.get("local", {}))
+    return partitions if not own else "own files" if own == nodes else f"own files ({own} nodes), {partitions}"
+
+
 def render_report(result, rows, metrics, plots=()) -> str:
     s, chain, d = result.scenario, result.chain, result.ledger.distill
     from simulations.privacy import epsilon_text
@@ -131,7 +148,7 @@ def render_report(result, rows, metrics, plots=()) -> str:
     lines = [
         f"# kdledger run `{s.name}`",
         "",
-        f"{s.nodes} data nodes on `{s.data.dataset}` ({s.data.partitioner}, alpha {s.data.alpha}); {mode}; "
+        f"{s.nodes} data nodes on `{s.data.dataset}` ({data_sources(s)}); {mode}; "
         f"teachers `{s.teacher.model}`; student `{s.distill.student}` by `{s.distill.method}` "
         f"({d.get('variant', '')}) from {d.get('samples', 0)} synthetic samples on {d.get('device', '?')}.",
         "",
@@ -227,7 +244,6 @@ def compare_runs(run_dirs: list) -> str:
                 f"{run_dir}: no readable metrics.json and config.json (not a kdledger run directory)"
             ) from None
         data, mean = config["data"], metrics["weighted_mean"]
-        split = {"dirichlet": f"dirichlet {data['alpha']}", "pathological": f"{data['classes_per_node']} classes/node"}
         distill = metrics["distill"]
         method = distill["method"] + ("" if distill.get("variant") in (None, "default") else f" ({distill['variant']})")
         fields = METHODS[distill["method"]].Options.model_fields  # a required option (public's dataset) has none
@@ -237,7 +253,7 @@ def compare_runs(run_dirs: list) -> str:
             or "defaults"
         )  # only what differs from the paper's defaults
         rows.append(
-            f"| `{run_dir.name}` | {data['dataset']} | {split.get(data['partitioner'], data['partitioner'])} "
+            f"| `{run_dir.name}` | {data['dataset']} | {_partition_cell(data, config['nodes'])} "
             f"| {config['nodes']} | {method} | {options} | "
             + " | ".join(
                 _pct(mean.get(k))

@@ -21,6 +21,7 @@ from chain.events import fetch_events, write_export
 from chain.identity import KEY_PASSWORD_ENV, derive_account, key_password, load_key, run_id_of, save_key
 from chain.registry import ROLES, Registry, checksummed, fund
 from node.artifacts import ArtifactStore, new_seal_key, public_bytes, save_seal_key
+from node.data import node_splits
 from node.server_app import Coordinator, RunLedger
 from simulations.report import write_run_dir
 from simulations.scenario import Scenario
@@ -213,6 +214,14 @@ def finish_run(run: PreparedRun) -> RunResult:
     return result
 
 
+def check_local_data(scenario: Scenario) -> None:
+    """In a simulation the nodes' files are on this machine: read each node's as it will, so that a bad file ends
+    the run in one line before the chain starts (a node that failed inside the federation would only drop out).
+    Under the Deployment Engine the coordinator never reads them: each node checks its own."""
+    for index in sorted(scenario.data.local):
+        node_splits(scenario.data, index, scenario.nodes, scenario.seed)
+
+
 def run_scenario(
     scenario: Scenario,
     out: Path | None = None,
@@ -227,6 +236,7 @@ def run_scenario(
     from node.client_app import app as client_app
     from node.server_app import make_server_app
 
+    check_local_data(scenario)
     run = prepare_run(scenario, out, progress=progress, audit=audit)
     os.environ.update(QUIET_ENV)
     os.environ["FLWR_HOME"] = str((run.out_dir / ".flwr").resolve())

@@ -86,7 +86,9 @@ class Scenario(Strict):
             raise ValueError(
                 f"data.dataset: unknown dataset {self.data.dataset!r} (known: {', '.join(sorted(LOADERS))})"
             )
-        if self.data.dataset in PATH_DATASETS:
+        self._check_local_data()
+        partition_nodes = self.nodes - len(self.data.local)
+        if self.data.dataset in PATH_DATASETS and partition_nodes:
             path = self.data.path or PATH_DATASETS[self.data.dataset]
             if not Path(path).is_dir():
                 raise ValueError(
@@ -156,6 +158,28 @@ class Scenario(Strict):
                 "without DP; set it to false with privacy.epsilon"
             )
 
+    def _check_local_data(self) -> None:
+        """Nodes with their own files: indices that exist, paths that exist (their contents are the node's to read)."""
+        for index, source in self.data.local.items():
+            if not 0 <= index < self.nodes:
+                raise ValueError(f"data.local: node {index} does not exist (0..{self.nodes - 1})")
+            for field, path in (("path", source.path), ("test_path", source.test_path)):
+                if path is not None and not _exists(path):
+                    raise ValueError(f"data.local.{index}.{field}: {path} does not exist{self._export_hint(path)}")
+
+    def _export_hint(self, path: Path) -> str:
+        """The command that writes a missing folder laid out as `kdledger data export-folders` lays them out."""
+        parts = Path(path).parts
+        if len(parts) < 2 or parts[-1] not in ("train", "test") or not re.fullmatch(r"node-\d+", parts[-2]):
+            return ""
+        data = self.data
+        split = {"dirichlet": f" --alpha {data.alpha}", "pathological": f" --classes-per-node {data.classes_per_node}"}
+        return (
+            f"; `kdledger data export-folders --dataset {data.dataset} --nodes {self.nodes} "
+            f"--out {Path(*parts[:-2])} --partitioner {data.partitioner}{split.get(data.partitioner, '')} "
+            f"--seed {self.seed}` writes it"
+        )
+
     def decisive(self) -> dict:
         """Everything that decides the result (not where the chain runs or how many CPUs); `privacy` only when
         DP is on, so that the configuration hash of a run without DP is what it was before the section existed."""
@@ -164,6 +188,13 @@ class Scenario(Strict):
 
     def config_hash(self) -> bytes:
         return config_digest(self.decisive())
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: no such file either
+        return False
 
 
 def _format(exc: ValidationError) -> str:
