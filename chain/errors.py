@@ -29,3 +29,12 @@ class ChainError(KdledgerError):
 
 class RunFailed(KdledgerError):
     """A run could not go on: too few nodes answered, nothing to distil, or a phase failed."""
+
+
+def reported_errors() -> tuple[type[BaseException], ...]:
+    """The user's mistakes and the world's refusals (an RPC that does not answer or refuses): reported in one
+    line, without a traceback, by the CLI and the explorer."""
+    import requests
+    from web3.exceptions import Web3RPCError
+
+    return (KdledgerError, requests.ConnectionError, Web3RPCError)

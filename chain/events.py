@@ -79,3 +79,31 @@ def load_chain_info(run_dir: Path) -> dict:
     if not isinstance(info, dict) or not {"contract", "chain_id"} <= info.keys():
         raise ConfigError(f"{path}: not a kdledger chain.json (no contract and chain_id)")
     return info
+
+
+def read_events(run_dir: Path | None, rpc: str | None, address: str | None, *, whole_chain: bool):
+    """Events and a description of where they came from: a run directory, or an RPC + address.
+
+    A run on a live chain is read live (its own block range, or the whole chain for provenance,
+    since a student may name teachers of earlier runs); an embedded run from its export.
+    """
+    from chain.backends import connect
+    from chain.registry import Registry, checksummed
+
+    if run_dir is not None:
+        info = load_chain_info(run_dir)
+        if info.get("rpc_url"):
+            w3 = connect(info["rpc_url"])
+            span = (0, None) if whole_chain else (info["from_block"], info["to_block"])
+            return fetch_events(w3, info["contract"], *span), info
+        export = Path(run_dir) / "events.json"
+        if not export.exists():
+            raise ConfigError(f"--run {run_dir}: no events.json export there")
+        return read_export(export), info
+    if rpc and address:
+        contract = checksummed(address, "--address")
+        w3 = connect(rpc)
+        if not Registry(w3, contract).is_model_registry():
+            raise ConfigError(f"--address {address}: no kdledger ModelRegistry there on {rpc}")
+        return fetch_events(w3, contract), {"contract": contract, "chain_id": w3.eth.chain_id, "rpc_url": rpc}
+    raise ConfigError("say where to read: --run DIR, or --rpc URL --address ADDR")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
 from typing import Any, Optional
@@ -26,28 +28,18 @@ console = Console(width=None if sys.stdout.isatty() else 100_000)
 err_console = Console(stderr=True)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The user's mistakes and the world's refusals: reported in one line, without a traceback."""
-    import requests
-    from web3.exceptions import Web3RPCError
-
-    from chain.errors import KdledgerError
-
-    return (KdledgerError, requests.ConnectionError, Web3RPCError)
-
-
 def one_line_errors(fn):
     """Exit codes scripts can use: 2 for bad input (an argument, a scenario, a file that cannot be read),
     1 for everything else that failed (a run, the chain, a file that is not what it should be)."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
-        from chain.errors import ConfigError, DataError
+        from chain.errors import ConfigError, DataError, reported_errors
 
         try:
             return fn(*args, **kwargs)
-        except _user_errors() as exc:
-            cause = exc.__cause__ if isinstance(exc.__cause__, _user_errors()) else exc
+        except reported_errors() as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, reported_errors()) else exc
             err_console.print(f"[bold red]error:[/] {cause}", highlight=False, soft_wrap=True)
             raise typer.Exit(2 if isinstance(cause, (ConfigError, DataError)) else 1) from None
 
@@ -60,6 +52,21 @@ def _quiet_logs(verbose: bool) -> None:
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(level)
     logging.getLogger("flwr").propagate = False  # it has its own handler: don't print twice
+
+
+@contextlib.contextmanager
+def phase_bars(*, width: int = 22, quiet: bool = False) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress callback (phase, done, total) that keeps one bar per phase on stderr (none when quiet)."""
+    columns = (TextColumn(f"{{task.description:<{width}}}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=quiet, disable=quiet) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total or None)
+            bar.update(tasks[phase], completed=done, total=total or None)
+
+        yield progress
 
 
 @app.command()
@@ -84,15 +91,7 @@ def run(
 
     spec = load_scenario(scenario, overrides)
     _quiet_logs(verbose)
-    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=as_json, disable=as_json) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total or None)
-            bar.update(tasks[phase], completed=done, total=total or None)
-
+    with phase_bars(quiet=as_json) as progress:
         result = run_scenario(spec, out, progress=progress, verbose=verbose)
     if as_json:
         console.print_json((result.out_dir / "metrics.json").read_text())
@@ -142,37 +141,6 @@ def run(
     )
 
 
-def _events_from(run_dir: Optional[Path], rpc: Optional[str], address: Optional[str], *, whole_chain: bool):
-    """Events and a description of where they came from: a run directory, or an RPC + address.
-
-    A run on a live chain is read live (its own block range, or the whole chain for provenance,
-    since a student may name teachers of earlier runs); an embedded run from its export.
-    """
-    from chain.backends import connect
-    from chain.errors import ConfigError
-    from chain.events import fetch_events, load_chain_info, read_export
-
-    if run_dir is not None:
-        info = load_chain_info(run_dir)
-        if info.get("rpc_url"):
-            w3 = connect(info["rpc_url"])
-            span = (0, None) if whole_chain else (info["from_block"], info["to_block"])
-            return fetch_events(w3, info["contract"], *span), info
-        export = Path(run_dir) / "events.json"
-        if not export.exists():
-            raise ConfigError(f"--run {run_dir}: no events.json export there")
-        return read_export(export), info
-    if rpc and address:
-        from chain.registry import Registry, checksummed
-
-        contract = checksummed(address, "--address")
-        w3 = connect(rpc)
-        if not Registry(w3, contract).is_model_registry():
-            raise ConfigError(f"--address {address}: no kdledger ModelRegistry there on {rpc}")
-        return fetch_events(w3, contract), {"contract": contract, "chain_id": w3.eth.chain_id, "rpc_url": rpc}
-    raise ConfigError("say where to read: --run DIR, or --rpc URL --address ADDR")
-
-
 RUN_OPT = typer.Option(None, "--run", help="a run directory written by `kdledger run`")
 RPC_OPT = typer.Option(None, "--rpc", help="JSON-RPC URL of a chain (with --address)")
 ADDRESS_OPT = typer.Option(None, "--address", help="ModelRegistry's address (with --rpc)")
@@ -190,9 +158,10 @@ def events(
     as_json: bool = JSON_OPT,
 ) -> None:
     """List contract events: name, block, transaction and decoded arguments."""
+    from chain.events import read_events
     from simulations.report import short
 
-    found, info = _events_from(run_dir, rpc, address, whole_chain=False)
+    found, info = read_events(run_dir, rpc, address, whole_chain=False)
     if event:
         found = [e for e in found if e["event"] == event]
     if node:
@@ -272,8 +241,9 @@ def lineage(
     from rich.tree import Tree
 
     from chain import provenance
+    from chain.events import read_events
 
-    found, _ = _events_from(run_dir, rpc, address, whole_chain=True)
+    found, _ = read_events(run_dir, rpc, address, whole_chain=True)
     roots = ([run_dir] if run_dir else []) + list(files)
     trees = [provenance.lineage(found, h, roots) for h in hashes]
     if roots:
@@ -368,7 +338,9 @@ def verify(
 
     if len(files) > 1 and (bundle is not None or public_key is not None):
         raise ConfigError("--bundle and --public-key name one file's: verify one file with them")
-    found, _ = _events_from(run_dir, rpc, address, whole_chain=True)
+    from chain.events import read_events
+
+    found, _ = read_events(run_dir, rpc, address, whole_chain=True)
     results: list[dict[str, Any]] = []
     for f in files:
         try:
@@ -667,15 +639,7 @@ def bench_dfkd_command(
         raise ConfigError(f"--out {out}: holds an earlier bench.json (nothing is overwritten; pick another --out)")
     numbers = lambda text: [float(m) for m in text.split(",") if m.strip()]  # noqa: E731
     _quiet_logs(False)
-    columns = (TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total or None)
-            bar.update(tasks[stage], completed=done, total=total or None)
-
+    with phase_bars(width=48) as progress:
         cache.mkdir(parents=True, exist_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         command = _bench_command_line("dfkd")
@@ -760,14 +724,7 @@ def bench_privacy_command(
         _write_table(out / "privacy", result, command, privacy_markdown)
         privacy_utility(result["rows"], out / "privacy.png")
 
-    with Progress(*_BAR, console=err_console) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total or None)
-            bar.update(tasks[phase], completed=done, total=total or None)
-
+    with phase_bars() as progress:
         bench_privacy(scenario, targets, out, overrides, progress=progress, on_row=write)
     console.print((out / "privacy.md").read_text(), highlight=False, soft_wrap=True)
 

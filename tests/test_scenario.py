@@ -99,13 +99,12 @@ def test_every_user_facing_error_shares_one_root_and_the_cli_catches_only_that_r
     from chain.backends import ChainUnreachable
     from chain.compiler import CompilerNotFound
     from chain.devnet import DevnetError
-    from chain.errors import KdledgerError, RunFailed
+    from chain.errors import KdledgerError, RunFailed, reported_errors
     from chain.registry import RegistryError
     from node.artifacts import TamperedArtifact
     from node.data import DatasetError
     from node.dfkd import MethodError
     from node.models import UnknownArchitecture
-    from simulations.cli import _user_errors
     from simulations.scenario import ScenarioError
 
     for cls in (
@@ -121,7 +120,7 @@ def test_every_user_facing_error_shares_one_root_and_the_cli_catches_only_that_r
         RunFailed,
     ):
         assert issubclass(cls, KdledgerError), cls
-    assert KdledgerError in _user_errors()
+    assert KdledgerError in reported_errors()
 
 
 def test_reading_a_run_does_not_import_torch(tmp_path):
@@ -132,8 +131,8 @@ def test_reading_a_run_does_not_import_torch(tmp_path):
     (tmp_path / "chain.json").write_text('{"contract": "0x", "chain_id": 1}')
     (tmp_path / "events.json").write_text("[]")
     probe = (
-        "import sys; from simulations.cli import _events_from; "
-        f"_events_from({str(tmp_path)!r}, None, None, whole_chain=True); print('torch' in sys.modules)"
+        "import sys; import simulations.cli; from chain.events import read_events; "
+        f"read_events({str(tmp_path)!r}, None, None, whole_chain=True); print('torch' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from chain import provenance
+from chain.errors import reported_errors
 from chain.registry import ROLES
 from chain.safejson import bounded_json
 
@@ -67,14 +68,6 @@ class Explorer:
 
 class _NotFound(Exception):
     pass
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """What reading a source may meet that is the world's fault (a chain gone since the start), as the CLI
-    names it: said to the page, not raised as a server error."""
-    from simulations.cli import _user_errors as errors
-
-    return errors()
 
 
 def _norm(h: str) -> str:
@@ -216,7 +209,7 @@ def create_app(load: Callable[[], list[Source]]) -> Starlette:
                 body = await run_in_threadpool(fn, request)  # reading a live chain must not stall the page
             except _NotFound as exc:
                 return JSONResponse({"error": str(exc)}, status_code=404)
-            except _user_errors() as exc:  # a chain gone since the start: said, not a 500
+            except reported_errors() as exc:  # a chain gone since the start: said, not a 500
                 return JSONResponse({"error": str(exc)}, status_code=503)
             return JSONResponse(body, headers={"Cache-Control": "no-store"})
 

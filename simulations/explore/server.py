@@ -12,6 +12,7 @@ from pathlib import Path
 import uvicorn
 
 from chain.errors import ConfigError
+from chain.events import read_events
 from simulations.explore.app import Source
 
 HOST = "127.0.0.1"  # never another interface: the page is for the person at this machine
@@ -21,8 +22,6 @@ def load_sources(run_dirs: list[Path], rpc: str | None, address: str | None) -> 
     """One source per embedded run directory (its events.json), one per live chain (the run directories that
     recorded on the same chain and contract share it: their files and configurations are all found there), and
     the chain at --rpc/--address. A directory that is not a run, or a chain that does not answer, is an error."""
-    from simulations.cli import _events_from
-
     if bool(rpc) != bool(address):
         raise ConfigError("--rpc and --address go together: the chain's URL and the ModelRegistry's address")
     if not run_dirs and not rpc:
@@ -34,7 +33,7 @@ def load_sources(run_dirs: list[Path], rpc: str | None, address: str | None) -> 
             raise ConfigError(f"{run_dir}: not a directory (a run directory written by `kdledger run`)")
         if not (Path(run_dir) / "chain.json").is_file():
             raise ConfigError(f"{run_dir}: no chain.json there (is it a run directory written by `kdledger run`?)")
-        events, info = _events_from(run_dir, None, None, whole_chain=True)
+        events, info = read_events(run_dir, None, None, whole_chain=True)
         if info.get("rpc_url"):
             key = (info["rpc_url"], str(info["contract"]).lower())
             if key in live:
@@ -45,7 +44,7 @@ def load_sources(run_dirs: list[Path], rpc: str | None, address: str | None) -> 
         else:
             sources.append(Source(str(run_dir), events, info, [Path(run_dir)]))
     if rpc and address:
-        events, info = _events_from(None, rpc, address, whole_chain=True)
+        events, info = read_events(None, rpc, address, whole_chain=True)
         key = (rpc, str(info["contract"]).lower())
         if key not in live:
             sources.append(Source(rpc, events, info, []))
