@@ -168,7 +168,10 @@ def events(
         found = [e for e in found if any(isinstance(v, str) and v.lower() == node.lower() for v in e["args"].values())]
     if run_dir is not None:
         _add_file_privacy(found, [run_dir])
-    if as_json:
+    if as_json:  # the chain's events as they are; a DP teacher's also carries its file's claim ("privacy")
+        for e in found:
+            if not isinstance(e.get("privacy", {}), dict):
+                del e["privacy"]
         print(json.dumps(found, indent=1))
         return
     table = Table(title=f"{len(found)} events of {info['contract']} (chain {info['chain_id']})")
@@ -216,7 +219,7 @@ def _epsilon(privacy: dict | None | str) -> str:
 
 
 def _add_file_privacy(found: list[dict], roots: list[Path]) -> None:
-    """Each TeacherRegistered event of a teacher gets `privacy`: what its verified file says."""
+    """Each TeacherRegistered event of a teacher gets `privacy`: what its verified file says (None: no DP)."""
     from chain.identity import KIND_TEACHER
 
     for e in found:
