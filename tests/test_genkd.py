@@ -392,6 +392,6 @@ def test_genkd_student_beats_the_noise_floor_on_digits():
         syn = build_synthesizer(
             method, Ensemble(teachers), student, InputSpace(SHAPE), options, seed=0, device=torch.device("cpu")
         )
-        result = distill(syn, StudentLoop(samples=640, steps=300, batch_size=64), seed=0)
+        result = distill(syn, StudentLoop(samples=1280, steps=600, batch_size=64), seed=0)
         scores[method] = sum(accuracy(result.student, t) * len(t) for t in tests) / sum(len(t) for t in tests)
     assert scores["genkd"] > scores["noise"] + 0.03, scores
