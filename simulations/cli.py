@@ -674,6 +674,15 @@ def bench_dfkd_command(
     console.print((out / "bench.md").read_text(), highlight=False, soft_wrap=True)
 
 
+def _fresh_out(out: Path) -> None:
+    """A bench's output directory, made empty-or-new: nothing a user made is overwritten."""
+    from chain.errors import ConfigError
+
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out}: directory exists and is not empty (nothing is overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+
+
 @bench_app.command("scale")
 @one_line_errors
 def bench_scale_command(
@@ -689,11 +698,7 @@ def bench_scale_command(
 
     _quiet_logs(False)
     counts = [int(n) for n in nodes.split(",") if n.strip()]
-    if out.exists() and any(out.iterdir()):
-        from chain.errors import ConfigError
-
-        raise ConfigError(f"--out {out}: directory exists and is not empty (nothing is overwritten)")
-    out.mkdir(parents=True, exist_ok=True)
+    _fresh_out(out)
     result = bench_scale(scenario, counts, out, rpc_url=rpc)
     _write_table(out / "scale", result, _bench_command_line("scale"), scale_markdown)
     console.print((out / "scale.md").read_text(), highlight=False, soft_wrap=True)
@@ -717,9 +722,7 @@ def bench_privacy_command(
         targets = [None if e.strip() == "inf" else float(e) for e in epsilons.split(",") if e.strip()]
     except ValueError:
         raise ConfigError(f"--epsilons {epsilons!r}: numbers or inf, comma-separated") from None
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out {out}: directory exists and is not empty (nothing is overwritten)")
-    out.mkdir(parents=True, exist_ok=True)
+    _fresh_out(out)
     _quiet_logs(False)
     command = _bench_command_line("privacy")
 
