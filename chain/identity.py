@@ -21,13 +21,14 @@ from eth_utils import keccak
 from chain.errors import ConfigError
 from chain.safejson import bounded_json
 
-KIND_TEACHER, KIND_EBM, KIND_GENERATOR, KIND_STUDENT, KIND_AGGREGATE = 1, 2, 3, 4, 5
+KIND_TEACHER, KIND_EBM, KIND_GENERATOR, KIND_STUDENT, KIND_AGGREGATE, KIND_BATCH = 1, 2, 3, 4, 5, 6
 KIND_NAMES = {
     KIND_TEACHER: "teacher",
     KIND_EBM: "ebm",
     KIND_GENERATOR: "generator",
     KIND_STUDENT: "student",
     KIND_AGGREGATE: "aggregate",
+    KIND_BATCH: "merkle-root",  # the root of many nodes' signed publications (chain/merkle.py)
 }
 PUBLISHED_KINDS = {name: kind for kind, name in KIND_NAMES.items() if kind <= KIND_GENERATOR}  # what a node signs
 KIND_BY_NAME = {name: kind for kind, name in KIND_NAMES.items()}

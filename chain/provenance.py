@@ -1,7 +1,9 @@
 """Provenance from events alone: what a hash is, who registered it, and a student's lineage.
 
 Works the same on a live chain's events and on an embedded run's export, because every fact the
-registry records is also in an event.
+registry records is also in an event. A Merkle root of publications (PublicationsCommitted) names only
+its root and count; given the run directories (`roots`), its leaves are read from the run's proofs file,
+each proven in the root (and, given the chain's EIP-712 domain, signed by its node) before it is believed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chain.identity import KIND_NAMES, KIND_STUDENT
+from chain.errors import ArtifactError
+from chain.identity import KIND_BATCH, KIND_NAMES, KIND_STUDENT, Domain
+from chain.merkle import proofs_path, read_proofs
 from chain.safejson import bounded_json
 
 URI_SCHEME = "kdledger://"
@@ -82,10 +86,15 @@ class Registration:
     example_count: int | None = None  # an aggregate's training examples behind its sources
     teachers: list[str] = field(default_factory=list)
     accuracies: list[dict] = field(default_factory=list)  # {node, accuracy_bps, num_examples, block, tx, run_id}
+    leaf_count: int | None = None  # a Merkle root's publications
+    merkle_root: str | None = None  # a publication proven in this committed root (block and tx are the root's)
 
 
-def index_events(events: list[dict]) -> dict[str, Registration]:
-    """Every registered model by hash, with its attestations attached."""
+def index_events(
+    events: list[dict], roots: Sequence[Path] = (), domain: Domain | None = None
+) -> dict[str, Registration]:
+    """Every registered model by hash, with its attestations attached; with `roots` (run directories), every
+    publication a committed Merkle root holds too, from its run's proofs file (see `expand_merkle_roots`)."""
     models: dict[str, Registration] = {}
     for e in events:
         a = e["args"]
@@ -128,6 +137,20 @@ def index_events(events: list[dict]) -> dict[str, Registration]:
                 sample_count=a["sampleCount"],
                 teachers=[_norm(t) for t in a["teacherHashes"]],
             )
+        elif e["event"] == "PublicationsCommitted":
+            models[_norm(a["root"])] = Registration(
+                _norm(a["root"]),
+                KIND_NAMES[KIND_BATCH],
+                a["relayer"],
+                e["block"],
+                e["tx"],
+                a["runId"],
+                a["round"],
+                a["uri"],
+                leaf_count=a["count"],
+            )
+    if roots:
+        expand_merkle_roots(models, roots, domain)
     for e in events:
         if e["event"] == "AccuracyAttested":
             a = e["args"]
@@ -146,14 +169,55 @@ def index_events(events: list[dict]) -> dict[str, Registration]:
     return models
 
 
-def find(events: list[dict], model_hash: str) -> Registration | None:
-    return index_events(events).get(_norm(model_hash))
+def expand_merkle_roots(models: dict[str, Registration], roots: Sequence[Path], domain: Domain | None) -> None:
+    """Each committed Merkle root in `models` whose run directory is among `roots` gets its publications as
+    sources, and each publication its own registration (its node, kind and round; the root's block and tx).
+    Every leaf of the proofs file is proven in the root, names the root's run and round, and (with `domain`)
+    is signed by its node; the file holds as many leaves as the chain says. Anything else is an ArtifactError:
+    a forged, reordered or missing leaf is refused, never skipped."""
+    for reg in [r for r in models.values() if r.kind == KIND_NAMES[KIND_BATCH]]:
+        run = run_root(reg.run_id, roots)
+        if run is None or not proofs_path(run, bytes.fromhex(reg.model_hash[2:])).is_file():
+            continue
+        path = proofs_path(run, bytes.fromhex(reg.model_hash[2:]))
+        proven = read_proofs(path, bytes.fromhex(reg.model_hash[2:]), domain)
+        if len(proven) != reg.leaf_count:
+            raise ArtifactError(f"{path}: {len(proven)} leaves, the chain committed {reg.leaf_count}")
+        for p in proven:
+            pub = p.publication
+            if _norm(pub.run_id.hex()) != _norm(reg.run_id) or pub.round != reg.round:
+                raise ArtifactError(f"{path}: the leaf of node {pub.node} names another run or round than its root")
+            h = _norm(pub.model_hash.hex())
+            reg.teachers.append(h)
+            models.setdefault(
+                h,
+                Registration(
+                    h,
+                    KIND_NAMES.get(pub.kind, str(pub.kind)),
+                    pub.node,
+                    reg.block,
+                    reg.tx,
+                    reg.run_id,
+                    pub.round,
+                    pub.uri,
+                    merkle_root=reg.model_hash,
+                ),
+            )
 
 
-def lineage(events: list[dict], model_hash: str, roots: Sequence[Path] = ()) -> dict | None:
+def find(
+    events: list[dict], model_hash: str, roots: Sequence[Path] = (), domain: Domain | None = None
+) -> Registration | None:
+    return index_events(events, roots, domain).get(_norm(model_hash))
+
+
+def lineage(
+    events: list[dict], model_hash: str, roots: Sequence[Path] = (), domain: Domain | None = None
+) -> dict | None:
     """The tree model -> the models it came from -> ..., each with its registration and accuracies; with
-    `roots`, each record's file as its uri resolves there ("file": a path, or None when none matches)."""
-    models = index_events(events)
+    `roots`, each record's file as its uri resolves there ("file": a path, or None when none matches), and each
+    Merkle root's publications from its proofs file."""
+    models = index_events(events, roots, domain)
 
     def tree(h: str, seen: frozenset) -> dict:
         reg = models.get(h)
@@ -163,6 +227,8 @@ def lineage(events: list[dict], model_hash: str, roots: Sequence[Path] = ()) -> 
         if roots:
             found = resolve(reg.uri, h, roots)
             node["file"] = str(found) if found is not None else None
+        if reg.kind == KIND_NAMES[KIND_BATCH]:
+            node.pop("file", None)  # a root names no file: its proofs are in the run's merkle/
         if reg.teachers and h not in seen:
             node["teachers"] = [tree(t, seen | {h}) for t in reg.teachers]
         return node
@@ -176,9 +242,9 @@ def run_root(run_id: str, roots: Sequence[Path]) -> Path | None:
     return next((Path(r) for r in roots if _run_id_in(str(r)) == _norm(run_id)), None)
 
 
-def used_by(events: list[dict], model_hash: str) -> list[str]:
+def used_by(events: list[dict], model_hash: str, roots: Sequence[Path] = (), domain: Domain | None = None) -> list[str]:
     """The models whose lineage holds `model_hash`, directly or through others, in registration order."""
-    models = index_events(events)
+    models = index_events(events, roots, domain)
     h, found = _norm(model_hash), set()
     grew = True
     while grew:  # a few passes: a lineage is a handful of levels deep
@@ -193,14 +259,20 @@ def used_by(events: list[dict], model_hash: str) -> list[str]:
 _PUBLISHED = ("teacher", "ebm", "generator")  # what a data node signs; its owner is that node
 
 
-def lineage_graph(events: list[dict], model_hash: str, limit: int = 60) -> dict | None:
+def lineage_graph(
+    events: list[dict],
+    model_hash: str,
+    limit: int = 60,
+    roots: Sequence[Path] = (),
+    domain: Domain | None = None,
+) -> dict | None:
     """A model's lineage as a layered graph for drawing: the model in layer 0, what it came from in the layers
     after (a record sits one layer past the deepest model that names it), and the data nodes that published
     the teachers, EBMs and generators in the last layer. Nodes: {id, type: model|data-node, layer, kind, owner,
     registered}; edges: {source, target}, the source flowing into the target. A layer of more than `limit`
     nodes keeps its first `limit` and counts the rest in `hidden` (a 1 000-node federation stays drawable).
-    None if the model is not registered."""
-    models = index_events(events)
+    None if the model is not registered. `roots` and `domain` as for index_events."""
+    models = index_events(events, roots, domain)
     root = _norm(model_hash)
     if root not in models:
         return None
@@ -261,13 +333,13 @@ def lineage_graph(events: list[dict], model_hash: str, limit: int = 60) -> dict 
     return {"root": root, "nodes": kept, "edges": edges, "hidden": hidden}
 
 
-def accuracy_tables(events: list[dict]) -> list[dict]:
+def accuracy_tables(events: list[dict], roots: Sequence[Path] = (), domain: Domain | None = None) -> list[dict]:
     """What each data node attested, one table per run: {run_id, nodes, columns, cells}. A column is a model
     the run's nodes measured, named from the chain alone: "own teacher" (each node's own teacher, one model per
     row), an aggregate by its method ("ensemble", "FedAvg (one-shot)"; with its round when several share a
     method), "student"; cells[node][column key] = {model, accuracy_bps, num_examples, block, tx}. Each column
     also carries the mean of its cells weighted by their examples (`weighted_mean_bps`)."""
-    models = index_events(events)
+    models = index_events(events, roots, domain)
     runs: dict[str, list[tuple[Registration, dict]]] = {}
     for reg in models.values():
         for acc in reg.accuracies:

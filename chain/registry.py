@@ -25,6 +25,7 @@ from chain.backends import is_embedded
 from chain.compiler import load_artifact
 from chain.errors import ChainError, ConfigError
 from chain.identity import DOMAIN_NAME, DOMAIN_VERSION, Attestation, Domain, Publication, compact
+from chain.merkle import PublicationLeaf
 
 ROLES = {name: keccak(text=f"{name}_ROLE") for name in ("DATA_NODE", "DISTILLER", "RELAYER")}
 
@@ -250,14 +251,36 @@ class Registry:
     ) -> TxReceipt:
         """Relay many signed attestations of one run and deadline in one transaction (`attestBatch`), each with
         its lineage path (see `attest`)."""
-        first = atts[0]
-        if any((a.run_id, a.deadline) != (first.run_id, first.deadline) for a in atts):
-            raise ValueError("a batch of attestations shares one run id and deadline")
-        parts = [
-            (a.node, a.model_hash, a.accuracy_bps, a.num_examples, a.nonce, *compact(sig))
-            for a, sig in zip(atts, signatures, strict=True)
-        ]
+        first, parts = atts[0], _batched_attestations(atts, signatures)
         fn = self.contract.functions.attestBatch(first.run_id, first.deadline, parts, [list(p) for p in paths])
+        return self._send(fn, relayer)
+
+    def commit_publications(
+        self, root: bytes, run_id: bytes, round_: int, count: int, uri: str, relayer: LocalAccount
+    ) -> TxReceipt:
+        """Commit the Merkle root of `count` signed publications of one run and round (chain/merkle.py)."""
+        return self._send(self.contract.functions.commitPublications(root, run_id, round_, count, uri), relayer)
+
+    def attest_batch_through_roots(
+        self,
+        atts: Sequence[Attestation],
+        signatures: Sequence[bytes],
+        paths: Sequence[Sequence[int]],
+        leaves: Sequence[PublicationLeaf],
+        proofs: Sequence[Sequence[bytes]],
+        relayer: LocalAccount,
+    ) -> TxReceipt:
+        """attest_batch for models whose lineage reaches a root of publications: each path ends at a root,
+        where the attesting node's leaf and its proof show that its data went in."""
+        first, parts = atts[0], _batched_attestations(atts, signatures)
+        fn = self.contract.functions.attestBatchThroughRoots(
+            first.run_id,
+            first.deadline,
+            parts,
+            [list(p) for p in paths],
+            [leaf.as_struct() for leaf in leaves],
+            [list(p) for p in proofs],
+        )
         return self._send(fn, relayer)
 
     # -- reads -------------------------------------------------------------------------------
@@ -317,6 +340,13 @@ class Registry:
         records = self.read_many("modelOf", [(h,) for h in model_hashes])
         return [ModelRecord(to_checksum_address(owner), *rest) for owner, *rest in records]  # as web3's calls give
 
+    def publications_included(
+        self, root: bytes, proven: Sequence[tuple[PublicationLeaf, Sequence[bytes]]]
+    ) -> list[bool]:
+        """For each (leaf, proof): whether the chain says it is a publication in `root`, signed by its node
+        (`publicationIncluded`)."""
+        return self.read_many("publicationIncluded", [(root, leaf.as_struct(), list(proof)) for leaf, proof in proven])
+
     def lineage(self, student_hash: bytes) -> Lineage:
         config_hash, count, method, teachers = self._call(self.contract.functions.lineageOf(student_hash))
         return Lineage(config_hash, count, method, tuple(teachers))
@@ -335,6 +365,17 @@ class Registry:
             return self.w3.eth.get_block("latest")["timestamp"] + seconds
         finally:
             self.chain_seconds += time.perf_counter() - start
+
+
+def _batched_attestations(atts: Sequence[Attestation], signatures: Sequence[bytes]) -> list[tuple]:
+    """The BatchedAttestation parts of one run's and deadline's attestations (what a batch carries per record)."""
+    first = atts[0]
+    if any((a.run_id, a.deadline) != (first.run_id, first.deadline) for a in atts):
+        raise ValueError("a batch of attestations shares one run id and deadline")
+    return [
+        (a.node, a.model_hash, a.accuracy_bps, a.num_examples, a.nonce, *compact(sig))
+        for a, sig in zip(atts, signatures, strict=True)
+    ]
 
 
 # On the embedded chain gas costs nothing and eth_estimateGas is a binary search that executes the

@@ -4,6 +4,7 @@ pragma solidity ^0.8.24;
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {Multicall} from "@openzeppelin/contracts/utils/Multicall.sol";
 
 /// @title ModelRegistry
@@ -17,6 +18,11 @@ import {Multicall} from "@openzeppelin/contracts/utils/Multicall.sol";
 /// 22 100 gas of filling an empty nonce slot; `hasRole`, `nonces` and the role events behave as
 /// OpenZeppelin's AccessControl and Nonces do. OpenZeppelin's Multicall lets one account batch its own
 /// calls (the admin's grants to a thousand nodes in a few transactions).
+/// For very large federations a relayer may commit a phase's signed publications as one Merkle root
+/// (`commitPublications`, a few hundred gas per record): each leaf is the whole signed publication, so
+/// anyone holding a leaf and its proof can check its inclusion and its signature (`publicationIncluded`),
+/// a student or aggregate may name the root as a source, and a node attests through the root with its
+/// leaf (`attestBatchThroughRoots`).
 contract ModelRegistry is AccessControl, EIP712, Multicall {
     bytes32 public constant DATA_NODE_ROLE = keccak256("DATA_NODE_ROLE");
     bytes32 public constant DISTILLER_ROLE = keccak256("DISTILLER_ROLE");
@@ -29,6 +35,8 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
     uint8 public constant KIND_GENERATOR = 3;
     uint8 public constant KIND_STUDENT = 4;
     uint8 public constant KIND_AGGREGATE = 5;
+    /// A Merkle root of data nodes' signed publications, committed by a relayer (commitPublications).
+    uint8 public constant KIND_BATCH = 6;
 
     bytes32 private constant PUBLISH_TYPEHASH = keccak256(
         "Publish(address node,bytes32 modelHash,uint8 kind,uint32 round,bytes32 runId,string uri,uint256 nonce,uint256 deadline)"
@@ -79,6 +87,22 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
         uint16 accuracyBps;
         uint32 numExamples;
         uint256 nonce;
+        bytes32 r;
+        bytes32 vs;
+    }
+
+    /// A data node's signed publication as a leaf of a committed root: the Publication it signed, with its
+    /// uri as keccak256, and its EIP-2098 compact signature. Leaf hash: keccak256(keccak256(abi.encode(leaf))),
+    /// OpenZeppelin's standard leaf (hashed twice, so that no inner node of a tree can pass for a leaf).
+    struct PublicationLeaf {
+        address node;
+        bytes32 modelHash;
+        uint8 kind;
+        uint32 round;
+        bytes32 runId;
+        bytes32 uriHash;
+        uint256 nonce;
+        uint256 deadline;
         bytes32 r;
         bytes32 vs;
     }
@@ -140,6 +164,10 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
         uint64 exampleCount,
         string uri
     );
+    /// A relayer committed the Merkle root of `count` signed publications of one run and round.
+    event PublicationsCommitted(
+        bytes32 indexed root, address indexed relayer, bytes32 indexed runId, uint32 round, uint32 count, string uri
+    );
     /// A data node measured a registered model on its own private test split.
     event AccuracyAttested(
         bytes32 indexed modelHash, address indexed node, bytes32 indexed runId, uint16 accuracyBps, uint32 numExamples
@@ -173,6 +201,8 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
     error NotInLineage(bytes32 modelHash, address node);
     /// @notice A batch's arrays (attestations and paths) differ in length.
     error BatchLengthMismatch(uint256 records, uint256 other);
+    /// @notice A root of publications must hold at least one.
+    error EmptyBatch();
 
     /// @param admin The account that may grant and revoke every role.
     constructor(address admin) EIP712("kdledger ModelRegistry", "1") {
@@ -211,6 +241,25 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
             _checkBatchedPublication(p, runId, round, uriHash, deadline);
             _recordPublication(p.modelHash, p.node, p.kind, round, runId, uri);
         }
+    }
+
+    /// @notice Commits the Merkle root of many data nodes' signed publications of one run and round, in place
+    /// of registering each: the root becomes a record of kind KIND_BATCH, owned by the relayer, that students
+    /// and aggregates may name as a source. The contract checks no leaf here: each leaf is checked by whoever
+    /// reads it (`publicationIncluded`), or on-chain when its node attests through the root.
+    /// @param root The root of the tree whose leaves are the publications (see PublicationLeaf); nodes sorted
+    /// pairwise before hashing, as OpenZeppelin's MerkleProof expects.
+    /// @param runId The run the publications belong to.
+    /// @param round The round every leaf names.
+    /// @param count How many leaves the tree holds.
+    /// @param uri Where the leaves and their proofs can be fetched.
+    function commitPublications(bytes32 root, bytes32 runId, uint32 round, uint32 count, string calldata uri)
+        external
+        onlyRole(RELAYER_ROLE)
+    {
+        if (count == 0) revert EmptyBatch();
+        _record(root, msg.sender, KIND_BATCH, round);
+        emit PublicationsCommitted(root, msg.sender, runId, round, count, uri);
     }
 
     /// @notice Commits a student distilled from registered models; called by the distiller itself.
@@ -292,6 +341,67 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
             _checkBatchedAttestation(a, runId, deadline);
             _recordAccuracy(a.modelHash, a.node, runId, a.accuracyBps, a.numExamples, paths[i]);
         }
+    }
+
+    /// @notice Records many attestations of models whose lineage reaches a root of publications: each path
+    /// leads from the model to a root (as in `attestAccuracy`), and the attesting node's own leaf in that root,
+    /// with its proof, shows that the node's data went into the model; each attestation's signature is checked
+    /// as `attestBatch` does.
+    /// @param runId The run every attestation names.
+    /// @param deadline The deadline every attestation names.
+    /// @param atts Each node's part, in the order of each node's nonces.
+    /// @param paths The lineage path of the attestation at the same index, ending at a root.
+    /// @param leaves The attesting node's leaf in the root its path reaches.
+    /// @param proofs The leaf's Merkle proof in that root.
+    function attestBatchThroughRoots(
+        bytes32 runId,
+        uint256 deadline,
+        BatchedAttestation[] calldata atts,
+        uint256[][] calldata paths,
+        PublicationLeaf[] calldata leaves,
+        bytes32[][] calldata proofs
+    ) external onlyRole(RELAYER_ROLE) {
+        if (atts.length != paths.length) revert BatchLengthMismatch(atts.length, paths.length);
+        if (atts.length != leaves.length) revert BatchLengthMismatch(atts.length, leaves.length);
+        if (atts.length != proofs.length) revert BatchLengthMismatch(atts.length, proofs.length);
+        for (uint256 i = 0; i < atts.length; ++i) {
+            BatchedAttestation calldata a = atts[i];
+            _checkBatchedAttestation(a, runId, deadline);
+            bytes32 root = _walkLineage(a.modelHash, a.node, paths[i]);
+            if (
+                _models[root].kind != KIND_BATCH || leaves[i].node != a.node
+                    || !MerkleProof.verifyCalldata(proofs[i], root, publicationLeafHash(leaves[i]))
+            ) revert NotInLineage(a.modelHash, a.node);
+            _storeAccuracy(a.modelHash, a.node, runId, a.accuracyBps, a.numExamples);
+        }
+    }
+
+    /// @notice Whether `leaf` is a publication in the committed root `root`: the root is a KIND_BATCH record of
+    /// the leaf's round, the proof leads from the leaf to it, the kind is one a node may publish, and the
+    /// signature recovers to the leaf's node. Whether that node held DATA_NODE_ROLE is `hasRole`'s to say.
+    /// @param root A root committed with commitPublications.
+    /// @param leaf The publication and its signature.
+    /// @param proof The sibling hashes from the leaf up to the root.
+    function publicationIncluded(bytes32 root, PublicationLeaf calldata leaf, bytes32[] calldata proof)
+        external
+        view
+        returns (bool)
+    {
+        Model memory batch = _models[root];
+        if (batch.kind != KIND_BATCH || batch.round != leaf.round) return false;
+        if (leaf.kind == 0 || leaf.kind > KIND_GENERATOR) return false;
+        if (!MerkleProof.verifyCalldata(proof, root, publicationLeafHash(leaf))) return false;
+        bytes32 digest = _publishDigest(
+            leaf.node, leaf.modelHash, leaf.kind, leaf.round, leaf.runId, leaf.uriHash, leaf.nonce, leaf.deadline
+        );
+        (address recovered, ECDSA.RecoverError failure,) = ECDSA.tryRecover(digest, leaf.r, leaf.vs);
+        return failure == ECDSA.RecoverError.NoError && recovered == leaf.node;
+    }
+
+    /// @notice The hash a publication leaf has in a tree: keccak256(keccak256(abi.encode(leaf))).
+    /// @param leaf The publication and its signature.
+    function publicationLeafHash(PublicationLeaf calldata leaf) public pure returns (bytes32) {
+        return keccak256(bytes.concat(keccak256(abi.encode(leaf))));
     }
 
     /// @notice The record of a model; `kind` is 0 when the hash is not registered.
@@ -406,15 +516,26 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
         uint32 numExamples,
         uint256[] calldata path
     ) private {
+        if (_models[_walkLineage(modelHash, node, path)].owner != node) revert NotInLineage(modelHash, node);
+        _storeAccuracy(modelHash, node, runId, accuracyBps, numExamples);
+    }
+
+    /// The model `path` reaches from `modelHash` through each step's sources.
+    function _walkLineage(bytes32 modelHash, address node, uint256[] calldata path) private view returns (bytes32) {
         if (_models[modelHash].kind == 0) revert UnknownModel(modelHash);
-        if (accuracyBps > 10_000) revert AccuracyOutOfRange(accuracyBps);
         bytes32 reached = modelHash;
         for (uint256 i = 0; i < path.length; ++i) {
             bytes32[] storage sources = _lineages[reached].teacherHashes;
             if (path[i] >= sources.length) revert NotInLineage(modelHash, node);
             reached = sources[path[i]];
         }
-        if (_models[reached].owner != node) revert NotInLineage(modelHash, node);
+        return reached;
+    }
+
+    function _storeAccuracy(bytes32 modelHash, address node, bytes32 runId, uint16 accuracyBps, uint32 numExamples)
+        private
+    {
+        if (accuracyBps > 10_000) revert AccuracyOutOfRange(accuracyBps);
         if (_accuracies[modelHash][node].blockNumber != 0) revert AlreadyAttested(modelHash, node);
         _accuracies[modelHash][node] = Accuracy(accuracyBps, numExamples, uint40(block.number));
         _attesters[modelHash].push(node);

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from eth_account.signers.local import LocalAccount
 
 from chain.identity import Attestation, Publication
+from chain.merkle import ProvenLeaf
 from chain.registry import Registry, RegistryError
 
 if TYPE_CHECKING:
@@ -56,14 +57,19 @@ class SignedAttestation:
     attestation: Attestation
     signature: bytes
     path: list[int]
+    leaf: ProvenLeaf | None = None  # the node's publication in the root the path reaches, if it reaches one
 
     def batch_key(self) -> tuple:
-        """The fields an attestBatch batch carries once."""
-        return self.attestation.run_id, self.attestation.deadline
+        """The fields an attestBatch batch carries once, and which call it is."""
+        return self.attestation.run_id, self.attestation.deadline, self.leaf is None
 
     @staticmethod
     def send(registry: Registry, batch: Sequence[SignedAttestation], relayer: LocalAccount) -> Any:
         atts, sigs, paths = [i.attestation for i in batch], [i.signature for i in batch], [i.path for i in batch]
+        proven = [i.leaf for i in batch if i.leaf is not None]
+        if proven:
+            leaves, proofs = [p.leaf for p in proven], [p.proof for p in proven]
+            return registry.attest_batch_through_roots(atts, sigs, paths, leaves, proofs, relayer)
         if len(batch) == 1:
             return registry.attest(atts[0], sigs[0], relayer, paths[0])
         return registry.attest_batch(atts, sigs, paths, relayer)

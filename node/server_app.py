@@ -30,7 +30,8 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from chain.errors import ArtifactError, RunFailed
-from chain.identity import Attestation
+from chain.identity import Attestation, recover
+from chain.merkle import ProvenLeaf, PublicationLeaf, write_proofs
 from chain.provenance import uri_of
 from chain.registry import Registry, lineage_path
 from node.artifacts import ArtifactStore, Expected, PrivacySpent, serialize, sha256
@@ -90,6 +91,7 @@ class RunLedger:
     student_hash: bytes | None = None
     aggregates: dict[str, bytes] = field(default_factory=dict)  # "ensemble", "fedavg-once", "global" -> hash
     sources: dict[bytes, list[bytes]] = field(default_factory=dict)  # a derived model's registered lineage
+    in_root: dict[bytes, tuple[bytes, ProvenLeaf]] = field(default_factory=dict)  # Merkle mode: hash -> root, leaf
     transactions: list[dict] = field(default_factory=list)
     distill: dict = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
@@ -120,6 +122,7 @@ class Coordinator:
     distill: DistillConfig
     keys_dir: Path
     batch_size: int = 100  # signed records per transaction (registerTeachers, attestBatch)
+    merkle_leaves: int = 0  # N > 0: publications committed as Merkle roots of up to N leaves (chain/merkle.py)
     rpc_url: str = ""  # where nodes read the chain themselves; empty on the embedded chain
     federation: FederationConfig = field(default_factory=FederationConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
@@ -206,16 +209,12 @@ class Coordinator:
             nodes = [r for r in self.active if r.teacher_hash is not None]
             if not nodes:
                 raise RunFailed("no teacher was registered: nothing to distil from")
-            published = [(r, kind, h) for r in nodes for kind, h in r.published.items()]
-            on_chain = self.registry.models([h for _, _, h in published])
-            for (r, kind, model_hash), record in zip(published, on_chain):  # the chain, not the store, says whose
-                if not record.registered or record.owner != r.address:
-                    raise RunFailed(f"{kind} 0x{model_hash.hex()} of node {r.address} is not registered to it")
+            self.check_published(nodes)
             loaded = [
                 {kind: self.store.load(h, self.expected, owner=f"node {r.address}") for kind, h in r.published.items()}
                 for r in nodes
             ]
-            sources = [h for r in nodes for h in r.published.values()]
+            sources = self.on_chain([h for r in nodes for h in r.published.values()])
             teacher = self.ensemble([m["teacher"] for m in loaded]) if len(loaded) > 1 else loaded[0]["teacher"]
             shares = [float(r.num_train) for r in nodes]
         blob, result, as_run = distill_student(
@@ -268,7 +267,7 @@ class Coordinator:
         if student is None:
             raise RunFailed("no student was committed: nothing to evaluate")
         deadline = self.registry.deadline()
-        contents, sent, sent_paths = {}, {}, {}
+        contents, sent, sent_paths, sent_leaves = {}, {}, {}, {}
         sent_models = {
             r.node_id: [student]
             + ([r.teacher_hash] if self.federation.mode == "one-shot" and r.teacher_hash else [])
@@ -281,7 +280,9 @@ class Coordinator:
         for r in self.active:
             models = sent_models[r.node_id]
             # only models the node's data went into, each with the path the contract checks; not twice
-            paths = {h: lineage_path(h, r.owned, self.ledger.sources) for h in models}
+            owned, leaves = self.owned_on_chain(r)
+            paths = {h: lineage_path(h, owned, self.ledger.sources) for h in models}
+            sent_leaves[r.node_id] = {h: leaves.get(self.reached(h, p)) for h, p in paths.items() if p is not None}
             attest = [h for h in models if paths[h] is not None and (h, r.address) not in attested]
             sent_paths[r.node_id] = paths
             task = sent[r.node_id] = self.task(nonce=nonces[r.address], deadline=deadline, attest=attest)
@@ -311,7 +312,8 @@ class Coordinator:
                     nonce=task.nonce + i,
                     deadline=task.deadline,
                 )
-                signed.append(SignedAttestation(record, att, signature, paths[model_hash] or []))
+                leaf = sent_leaves[record.node_id].get(model_hash)
+                signed.append(SignedAttestation(record, att, signature, paths[model_hash] or [], leaf))
             self.progress("evaluate", done, len(contents))
         for item, receipt, records in relay(self.registry, self.relayer, signed, self.batch_size):
             model = item.attestation.model_hash.hex()
@@ -409,7 +411,7 @@ class Coordinator:
     @property
     def public_keys(self) -> Path:
         """The run directory's public-keys/ (beside keys/, which holds secrets): every signer's PEM."""
-        return Path(self.keys_dir).parent / PUBLIC_KEYS
+        return self.run_dir / PUBLIC_KEYS
 
     @staticmethod
     def key_id(account: LocalAccount) -> str:
@@ -440,7 +442,19 @@ class Coordinator:
 
     def register_publications(self, signed: Sequence[SignedPublication]) -> None:
         """Relay nodes' signed publications to ModelRegistry in batches (node/relay.py); a rerun on a persistent
-        chain finds some there already. A node whose publication is refused drops out."""
+        chain finds some there already. A node whose publication is refused drops out. In Merkle mode, committed
+        as roots instead (commit_publications)."""
+        if self.merkle_leaves:
+            self.commit_publications(signed)
+        else:
+            self.relay_publications(signed)
+        for item in signed:
+            if item.record.error is None:
+                item.record.published[item.kind] = item.publication.model_hash
+                item.record.owned.add(item.publication.model_hash)
+
+    def relay_publications(self, signed: Sequence[SignedPublication]) -> None:
+        """Each publication its own on-chain record, its signature checked by the contract (node/relay.py)."""
         todo = []
         for item, existing in zip(signed, self.registry.models([i.publication.model_hash for i in signed])):
             pub = item.publication
@@ -452,15 +466,78 @@ class Coordinator:
             pub, address = item.publication, item.record.address
             extra = {"node": address, "model": pub.model_hash.hex(), "kind": item.kind, "round": pub.round}
             self.ledger.tx("TeacherRegistered", receipt, records, **extra)
+
+    def commit_publications(self, signed: Sequence[SignedPublication]) -> None:
+        """Merkle mode: each node's signature checked here (the contract checks none when a root is committed),
+        then the round's publications committed as roots of up to `merkle_leaves` leaves, each root's proofs
+        written to the run directory's merkle/. A node whose signature does not recover to it drops out."""
+        domain = self.registry.domain()
         for item in signed:
-            if item.record.error is None:
-                item.record.published[item.kind] = item.publication.model_hash
-                item.record.owned.add(item.publication.model_hash)
+            if item.record.error is None and recover(item.publication, domain, item.signature) != item.record.address:
+                item.record.error = "register: its publication's signature does not recover to its address"
+                log.warning("node %s: %s", item.record.address, item.record.error)
+        good = [item for item in signed if item.record.error is None]
+        for round_ in sorted({item.publication.round for item in good}):
+            in_round = [item for item in good if item.publication.round == round_]
+            for start in range(0, len(in_round), self.merkle_leaves):
+                chunk = in_round[start : start + self.merkle_leaves]
+                leaves = [PublicationLeaf(item.publication, item.signature) for item in chunk]
+                root, _, proven = write_proofs(self.run_dir, leaves)
+                if not self.registry.model(root).registered:  # a rerun on a persistent chain finds it there
+                    receipt = self.registry.commit_publications(
+                        root, self.run_id, round_, len(chunk), uri_of(self.run_id), self.relayer
+                    )
+                    self.ledger.tx("PublicationsCommitted", receipt, len(chunk), model=root.hex(), round=round_)
+                for item, leaf in zip(chunk, proven):
+                    self.ledger.in_root[item.publication.model_hash] = (root, leaf)
+
+    def on_chain(self, hashes: Sequence[bytes]) -> list[bytes]:
+        """What names `hashes` on-chain as a lineage: each hash, or the root it was committed in (once)."""
+        return list(dict.fromkeys(self.ledger.in_root[h][0] if h in self.ledger.in_root else h for h in hashes))
+
+    def owned_on_chain(self, record: NodeRecord) -> tuple[set[bytes], dict[bytes, ProvenLeaf]]:
+        """The records through which `record`'s node reaches a model on-chain: the hashes it registered and the
+        roots its publications are in, with its leaf in each root."""
+        leaves = {
+            self.ledger.in_root[h][0]: self.ledger.in_root[h][1] for h in record.owned if h in self.ledger.in_root
+        }
+        return {h for h in record.owned if h not in self.ledger.in_root} | set(leaves), leaves
+
+    def reached(self, model: bytes, path: Sequence[int]) -> bytes:
+        """The record a lineage path leads to from `model`."""
+        for i in path:
+            model = self.ledger.sources[model][i]
+        return model
+
+    def check_published(self, nodes: Sequence[NodeRecord]) -> None:
+        """The chain, not the store, says whose each published file is: registered to its node, or (Merkle mode)
+        a leaf of a committed root that the contract finds there, signed by its node."""
+        published = [(r, kind, h) for r in nodes for kind, h in r.published.items()]
+        records = [(r, kind, h) for r, kind, h in published if h not in self.ledger.in_root]
+        for (r, kind, model_hash), record in zip(records, self.registry.models([h for _, _, h in records])):
+            if not record.registered or record.owner != r.address:
+                raise RunFailed(f"{kind} 0x{model_hash.hex()} of node {r.address} is not registered to it")
+        by_root: dict[bytes, list[tuple[NodeRecord, str, bytes]]] = {}
+        for r, kind, h in published:
+            if h in self.ledger.in_root:
+                by_root.setdefault(self.ledger.in_root[h][0], []).append((r, kind, h))
+        for root, items in by_root.items():
+            proven = [self.ledger.in_root[h][1] for _, _, h in items]
+            included = self.registry.publications_included(root, [(p.leaf, p.proof) for p in proven])
+            for (r, kind, model_hash), p, ok in zip(items, proven, included):
+                if not ok or p.publication.node != r.address:
+                    raise RunFailed(f"{kind} 0x{model_hash.hex()} of node {r.address} is not in root 0x{root.hex()}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.keys_dir).parent
 
     def register_aggregate(
         self, name: str, model: torch.nn.Module, round_: int, sources: list[bytes], method: str, examples: int
     ) -> bytes:
-        """Store and register a model the coordinator built from registered ones (an ensemble, an average)."""
+        """Store and register a model the coordinator built from registered ones (an ensemble, an average); a
+        source committed in a Merkle root is named by its root."""
+        sources = self.on_chain(sources)
         spec = self._spec()
         blob = serialize(
             model, self.teacher.model, spec.input_shape, spec.num_classes, signing_key=self.key_id(self.relayer)

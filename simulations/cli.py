@@ -246,9 +246,9 @@ def lineage(
     from chain import provenance
     from chain.events import read_events
 
-    found, _ = read_events(run_dir, rpc, address, whole_chain=True)
+    found, info = read_events(run_dir, rpc, address, whole_chain=True)
     roots = ([run_dir] if run_dir else []) + list(files)
-    trees = [provenance.lineage(found, h, roots) for h in hashes]
+    trees = [provenance.lineage(found, h, roots, _domain(info)) for h in hashes]
     if roots:
         for t in trees:
             _add_tree_privacy(t, roots)
@@ -264,6 +264,13 @@ def lineage(
             console.print(root)
     if any(t is None for t in trees):
         raise typer.Exit(1)
+
+
+def _domain(info: dict):
+    """The EIP-712 domain of the registry the events came from: what a Merkle leaf's signature is checked in."""
+    from chain.identity import Domain
+
+    return Domain(chain_id=int(info["chain_id"]), contract=info["contract"])
 
 
 def _add_tree_privacy(t: dict | None, roots: list[Path]) -> None:
@@ -284,6 +291,11 @@ def _describe(t: dict) -> str:
             f"[bold]student[/] {t['model_hash']}  by distiller {t['owner']}, method [bold]{t['method']}[/], "
             f"{t['sample_count']} synthetic samples, config {t['config_hash'][:18]}…, block {t['block']}"
         )
+    elif t["kind"] == "merkle-root":
+        head = (
+            f"[bold]merkle root[/] {t['model_hash']}  of {t['leaf_count']} signed publications, committed by "
+            f"relayer {t['owner']}, round {t['round']}, block {t['block']}"
+        )
     elif t["kind"] == "aggregate":
         head = (
             f"[bold]aggregate[/] {t['model_hash']}  by coordinator {t['owner']}, {t['method']} of round {t['round']}, "
@@ -293,6 +305,8 @@ def _describe(t: dict) -> str:
         head = (
             f"[bold]{t['kind']}[/] {t['model_hash']}  by data node {t['owner']}, round {t['round']}, block {t['block']}"
         )
+        if t.get("merkle_root"):
+            head += f", proven in merkle root {t['merkle_root'][:18]}…"
         if "privacy" in t:
             head += f", ε {_epsilon(t['privacy'])}"
     return head
@@ -343,19 +357,21 @@ def verify(
         raise ConfigError("--bundle and --public-key name one file's: verify one file with them")
     from chain.events import read_events
 
-    found, _ = read_events(run_dir, rpc, address, whole_chain=True)
+    found, info = read_events(run_dir, rpc, address, whole_chain=True)
+    models = provenance.index_events(found, [run_dir] if run_dir else [], _domain(info))
     results: list[dict[str, Any]] = []
     for f in files:
         try:
             digest = "0x" + hashlib.sha256(Path(f).read_bytes()).hexdigest()
         except OSError as exc:
             raise ConfigError(f"{f}: cannot read: {exc.strerror}") from None
-        reg = provenance.find(found, digest)
+        reg = models.get(digest)
         result: dict[str, Any] = {
             "file": str(f),
             "sha256": digest,
             "registered": reg is not None,
             **({"kind": reg.kind, "by": reg.owner, "block": reg.block, "tx": reg.tx} if reg else {}),
+            **({"merkle_root": reg.merkle_root} if reg and reg.merkle_root else {}),
         }
         if not chain_only:
             result["signature"] = _check_bundle(Path(f), bundle, public_key, run_dir, reg.owner if reg else None)
@@ -368,7 +384,12 @@ def verify(
             if r["registered"]:
                 console.print(
                     f"[green]registered[/] {r['file']}: {r['kind']} {r['sha256']} by {r['by']} in block "
-                    f"{r['block']} (tx {r['tx']})",
+                    f"{r['block']} (tx {r['tx']})"
+                    + (
+                        f", its signed publication proven in merkle root {r['merkle_root']}"
+                        if "merkle_root" in r
+                        else ""
+                    ),
                     highlight=False,
                 )
             else:

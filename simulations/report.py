@@ -32,6 +32,10 @@ def node_rows(result) -> list[dict]:
                 (t["tx"] for t in txs if t["what"] == what and t.get("model") == model and t.get("node") == node), None
             )
 
+        def committed_in(model_hash):  # Merkle mode: the transaction that committed the root it is in
+            root = ledger.in_root.get(model_hash) if model_hash else None
+            return tx_of("PublicationsCommitted", root[0].hex(), node=None) if root else None
+
         def acc(model, r=r):
             bps = r.accuracy_bps.get(model) if model else None
             return None if bps is None else bps / 10_000
@@ -52,7 +56,7 @@ def node_rows(result) -> list[dict]:
                     if name in ledger.aggregates
                 },
                 "student_accuracy": acc(student),
-                "teacher_tx": tx_of("TeacherRegistered", teacher),
+                "teacher_tx": tx_of("TeacherRegistered", teacher) or committed_in(r.teacher_hash),
                 "student_attest_tx": tx_of("AccuracyAttested", student),
                 "error": r.error,
             }

@@ -169,6 +169,7 @@ def prepare_run(scenario: Scenario, out: Path | None = None, *, progress=None, a
         distill=scenario.distill,
         keys_dir=(out_dir / "keys").resolve(),
         batch_size=scenario.chain.batch_size,
+        merkle_leaves=scenario.chain.merkle_leaves,
         rpc_url=scenario.chain.rpc_url or "",
         federation=scenario.federation,
         faults=scenario.faults,

@@ -54,6 +54,15 @@ class ChainConfig(Strict):
         "attestations in attestBatch, and the admin's grants in one multicall, this many at a time (1: each "
         "alone); every signature is still checked on-chain",
     )
+    merkle_leaves: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="0: every publication is its own on-chain record, its signature checked by the contract; N: "
+        "a phase's publications are committed as Merkle roots of up to N leaves each (a few hundred gas per "
+        "record), their proofs in the run's merkle/ folder, each checked by whoever reads it and on-chain when "
+        "its node attests (docs/contracts.md)",
+    )
     dev_keys: bool = Field(
         False,
         description="on a JSON-RPC chain, derive every party's key from the seed (reproducible, and anyone who "

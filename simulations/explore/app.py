@@ -22,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 
 from chain import provenance
 from chain.errors import reported_errors
+from chain.identity import Domain
 from chain.registry import ROLES
 from chain.safejson import bounded_json
 
@@ -44,6 +45,14 @@ class Source:
     events: list[dict]
     info: dict  # chain.json, or {contract, chain_id, rpc_url}
     roots: list[Path] = field(default_factory=list)
+
+    @property
+    def proofs(self) -> dict:
+        """What provenance needs to believe a Merkle root's publications: the run directories holding their
+        proofs, and the registry's EIP-712 domain their signatures are checked in."""
+        chain_id, contract = self.info.get("chain_id"), self.info.get("contract")
+        domain = Domain(chain_id=int(chain_id), contract=contract) if chain_id and contract else None
+        return {"roots": self.roots, "domain": domain}
 
 
 class Explorer:
@@ -76,7 +85,7 @@ def _norm(h: str) -> str:
 
 
 def summary(i: int, s: Source) -> dict:
-    models = provenance.index_events(s.events)
+    models = provenance.index_events(s.events, **s.proofs)
     students = [m for m, r in models.items() if r.kind == "student"]
     txs = {e["tx"] for e in s.events}
     return {
@@ -123,17 +132,17 @@ def student_view(s: Source, reg: provenance.Registration) -> dict:
     record = {k: v for k, v in vars(reg).items()}
     return {
         **record,
-        "graph": provenance.lineage_graph(s.events, reg.model_hash),
+        "graph": provenance.lineage_graph(s.events, reg.model_hash, **s.proofs),
         "config": run_config(s, reg.run_id, reg.config_hash),
     }
 
 
 def model_view(s: Source, model_hash: str) -> dict | None:
-    tree = provenance.lineage(s.events, model_hash, s.roots)
+    tree = provenance.lineage(s.events, model_hash, **s.proofs)
     if tree is None:
         return None
-    models = provenance.index_events(s.events)
-    users = provenance.used_by(s.events, model_hash)
+    models = provenance.index_events(s.events, **s.proofs)
+    users = provenance.used_by(s.events, model_hash, **s.proofs)
     record = {k: v for k, v in vars(models[tree["model_hash"]]).items()}
     return {
         **record,
@@ -147,11 +156,11 @@ def verify(sources: list[Source], digest: str) -> dict:
     """Whether (and where) a SHA-256 is registered, in each source."""
     matches = []
     for i, s in enumerate(sources):
-        reg = provenance.find(s.events, digest)
+        reg = provenance.find(s.events, digest, **s.proofs)
         if reg is None:
             continue
-        users = provenance.used_by(s.events, digest)
-        kinds = {h: r.kind for h, r in provenance.index_events(s.events).items()}
+        users = provenance.used_by(s.events, digest, **s.proofs)
+        kinds = {h: r.kind for h, r in provenance.index_events(s.events, **s.proofs).items()}
         matches.append(
             {
                 "source": i,
@@ -226,11 +235,12 @@ def create_app(load: Callable[[], list[Source]]) -> Starlette:
 
     def students(request: Request):
         s = ex.source(request)
-        models = provenance.index_events(s.events)
+        models = provenance.index_events(s.events, **s.proofs)
         return [student_view(s, r) for r in models.values() if r.kind == "student"]
 
     def accuracies(request: Request):
-        return provenance.accuracy_tables(ex.source(request).events)
+        s = ex.source(request)
+        return provenance.accuracy_tables(s.events, **s.proofs)
 
     def events(request: Request):
         return ex.source(request).events

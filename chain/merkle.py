@@ -1,0 +1,181 @@
+"""Merkle roots of signed publications: the tree the relayer commits, the proofs a verifier checks.
+
+The tree is the one OpenZeppelin's MerkleProof verifies: a leaf is keccak256(keccak256(abi.encode(
+PublicationLeaf))) (hashed twice, so no inner node can pass for a leaf), a parent is the keccak256 of its
+two children in ascending order, and the leaves are sorted by hash, so that the same publications give the
+same root whatever order the nodes replied in. A layer of odd length carries its last node up unchanged.
+A proof is the sibling hashes from a leaf up to the root.
+
+A root's leaves and proofs live in the run directory, `merkle/0x<root>.json` (`write_proofs`); each is
+checked against the root and the node's EIP-712 signature before it is believed (`read_proofs`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from eth_abi import encode
+from eth_utils import keccak
+
+from chain.errors import ArtifactError
+from chain.identity import Domain, Publication, compact, recover
+from chain.safejson import bounded_json
+
+MERKLE_DIR = "merkle"
+_LEAF_TYPES = [
+    "address",
+    "bytes32",
+    "uint8",
+    "uint32",
+    "bytes32",
+    "bytes32",
+    "uint256",
+    "uint256",
+    "bytes32",
+    "bytes32",
+]
+
+
+@dataclass(frozen=True)
+class PublicationLeaf:
+    """A node's signed publication as a leaf: the Publication and its 65-byte signature."""
+
+    publication: Publication
+    signature: bytes
+
+    def as_struct(self) -> tuple:
+        """The contract's PublicationLeaf: the Publication with keccak256(uri), and the compact signature."""
+        p = self.publication
+        r, vs = compact(self.signature)
+        return (p.node, p.model_hash, p.kind, p.round, p.run_id, keccak(text=p.uri), p.nonce, p.deadline, r, vs)
+
+    @property
+    def hash(self) -> bytes:
+        return keccak(keccak(encode(_LEAF_TYPES, self.as_struct())))
+
+
+def hash_pair(a: bytes, b: bytes) -> bytes:
+    return keccak(a + b) if a < b else keccak(b + a)
+
+
+def verify(proof: Sequence[bytes], root: bytes, leaf: bytes) -> bool:
+    """Whether `proof` leads from `leaf` to `root` (OpenZeppelin's MerkleProof.verify)."""
+    node = leaf
+    for sibling in proof:
+        node = hash_pair(node, sibling)
+    return node == root
+
+
+class MerkleTree:
+    """The tree of some leaf hashes (at least one, no two equal)."""
+
+    def __init__(self, leaves: Sequence[bytes]):
+        if not leaves:
+            raise ValueError("a Merkle tree needs at least one leaf")
+        if len(set(leaves)) != len(leaves):
+            raise ValueError("a Merkle tree's leaves must differ")
+        self.layers = [sorted(leaves)]
+        while len(self.layers[-1]) > 1:
+            below = self.layers[-1]
+            self.layers.append(
+                [hash_pair(*below[i : i + 2]) if i + 1 < len(below) else below[i] for i in range(0, len(below), 2)]
+            )
+        self._index = {leaf: i for i, leaf in enumerate(self.layers[0])}
+
+    @property
+    def root(self) -> bytes:
+        return self.layers[-1][0]
+
+    def proof(self, leaf: bytes) -> list[bytes]:
+        """The siblings from `leaf` up to the root; KeyError if it is not a leaf."""
+        i, siblings = self._index[leaf], []
+        for layer in self.layers[:-1]:
+            if i ^ 1 < len(layer):
+                siblings.append(layer[i ^ 1])
+            i //= 2
+        return siblings
+
+
+@dataclass(frozen=True)
+class ProvenLeaf:
+    """A publication shown to be in a root: its leaf and the proof that leads to the root."""
+
+    leaf: PublicationLeaf
+    proof: list[bytes]
+
+    @property
+    def publication(self) -> Publication:
+        return self.leaf.publication
+
+
+def proofs_path(run_dir: Path, root: bytes) -> Path:
+    return Path(run_dir) / MERKLE_DIR / f"0x{root.hex()}.json"
+
+
+def write_proofs(run_dir: Path, leaves: Sequence[PublicationLeaf]) -> tuple[bytes, Path, list[ProvenLeaf]]:
+    """The root of `leaves`, its proofs file under run_dir/merkle/ (every leaf's publication, signature and
+    proof, in the tree's order: what a node keeps to show that its publication is in the root), and each of
+    `leaves` with its proof, in their order."""
+    tree = MerkleTree([leaf.hash for leaf in leaves])
+    records = []
+    for leaf in sorted(leaves, key=lambda x: x.hash):
+        p = leaf.publication
+        records.append(
+            {
+                "node": p.node,
+                "model_hash": "0x" + p.model_hash.hex(),
+                "kind": p.kind,
+                "round": p.round,
+                "run_id": "0x" + p.run_id.hex(),
+                "uri": p.uri,
+                "nonce": p.nonce,
+                "deadline": p.deadline,
+                "signature": "0x" + leaf.signature.hex(),
+                "leaf": "0x" + leaf.hash.hex(),
+                "proof": ["0x" + s.hex() for s in tree.proof(leaf.hash)],
+            }
+        )
+    path = proofs_path(run_dir, tree.root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"root": "0x" + tree.root.hex(), "count": len(records), "leaves": records}, indent=1) + "\n"
+    )
+    return tree.root, path, [ProvenLeaf(leaf, tree.proof(leaf.hash)) for leaf in leaves]
+
+
+def read_proofs(path: Path, root: bytes, domain: Domain | None = None) -> list[ProvenLeaf]:
+    """The leaves of `root` from its proofs file, each checked: its hash is the one its fields make, its proof
+    leads to `root`, and (with `domain`) its signature recovers to its node. Anything else is an ArtifactError
+    naming the file and the leaf; a file of another root too."""
+    where = f"{path}"
+    try:
+        doc = bounded_json(Path(path).read_bytes(), where)
+        if not isinstance(doc, dict) or doc.get("root") != "0x" + root.hex():
+            raise ArtifactError(f"{where}: not the proofs of root 0x{root.hex()}")
+        proven = []
+        for i, rec in enumerate(doc["leaves"]):
+            pub = Publication(
+                node=rec["node"],
+                model_hash=bytes.fromhex(rec["model_hash"][2:]),
+                kind=int(rec["kind"]),
+                round=int(rec["round"]),
+                run_id=bytes.fromhex(rec["run_id"][2:]),
+                uri=str(rec["uri"]),
+                nonce=int(rec["nonce"]),
+                deadline=int(rec["deadline"]),
+            )
+            leaf = PublicationLeaf(pub, bytes.fromhex(rec["signature"][2:]))
+            proof = [bytes.fromhex(s[2:]) for s in rec["proof"]]
+            if not verify(proof, root, leaf.hash):
+                raise ArtifactError(f"{where}: leaf {i} (node {pub.node}) is not in root 0x{root.hex()}")
+            if domain is not None and recover(pub, domain, leaf.signature) != pub.node:
+                raise ArtifactError(f"{where}: leaf {i} is not signed by its node {pub.node}")
+            proven.append(ProvenLeaf(leaf, proof))
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ArtifactError):
+            raise
+        raise ArtifactError(f"{where}: not a proofs file ({type(exc).__name__}: {exc})") from None
+    return proven

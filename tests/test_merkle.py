@@ -1,0 +1,258 @@
+"""Merkle roots of signed publications: the off-chain tree, the contract's checks, and every way a leaf is refused."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import yaml
+from conftest import ROOT, kdledger
+
+from chain.errors import ArtifactError
+from chain.identity import KIND_TEACHER, Domain, Publication, derive_account, sign
+from chain.merkle import MerkleTree, ProvenLeaf, PublicationLeaf, read_proofs, verify, write_proofs
+from chain.provenance import uri_of
+from chain.registry import RegistryError
+from tests.test_contract import RUN, attestation, h
+
+KIND_BATCH = 6
+
+
+def test_every_leaf_proves_its_inclusion_and_nothing_else_does():
+    for n in range(1, 18):  # odd layers at every height
+        leaves = [hashlib.sha256(bytes([i])).digest() for i in range(n)]
+        tree = MerkleTree(leaves)
+        assert MerkleTree(list(reversed(leaves))).root == tree.root  # the nodes' reply order does not matter
+        for leaf in leaves:
+            proof = tree.proof(leaf)
+            assert verify(proof, tree.root, leaf)
+            assert not verify(proof, tree.root, hashlib.sha256(leaf).digest())  # a forged leaf
+            if len(proof) > 1:
+                assert not verify(list(reversed(proof)), tree.root, leaf)  # the proof's steps reordered
+        outsider = hashlib.sha256(b"not a leaf").digest()
+        with pytest.raises(KeyError):
+            tree.proof(outsider)
+    with pytest.raises(ValueError, match="differ"):
+        MerkleTree([leaves[0], leaves[0]])
+
+
+def signed_leaves(d, signers, round_=0):
+    domain, deadline = d.registry.domain(), d.registry.deadline()
+    leaves = []
+    for i, s in enumerate(signers):
+        pub = Publication(s.address, h(f"merkle {i} {s.address}"), KIND_TEACHER, round_, RUN, uri_of(RUN), 0, deadline)
+        leaves.append(PublicationLeaf(pub, sign(s, pub, domain)))
+    return leaves
+
+
+def commit(d, leaves, tmp_path):
+    root, path, _ = write_proofs(tmp_path, leaves)
+    receipt = d.registry.commit_publications(root, RUN, 0, len(leaves), uri_of(RUN), d.relayer)
+    return root, path, receipt
+
+
+def test_the_chain_and_the_proofs_file_agree_on_each_leaf_and_refuse_forgeries(deployed, tmp_path):
+    d = deployed
+    leaves = signed_leaves(d, [d.node, d.other_node, d.outsider])
+    root, path, receipt = commit(d, leaves, tmp_path)
+    (event,) = d.registry.contract.events.PublicationsCommitted().process_receipt(receipt)
+    assert (event["args"]["root"], event["args"]["count"], event["args"]["relayer"]) == (root, 3, d.relayer.address)
+    record = d.registry.model(root)
+    assert (record.kind, record.owner) == (KIND_BATCH, d.relayer.address)
+    proven = read_proofs(path, root, d.registry.domain())
+    assert {p.publication.model_hash for p in proven} == {x.publication.model_hash for x in leaves}
+    assert d.registry.publications_included(root, [(p.leaf, p.proof) for p in proven]) == [True] * 3
+
+    good = next(p for p in proven if p.publication.node == d.node.address)
+    forged = PublicationLeaf(
+        Publication(**{**vars(good.publication), "model_hash": h("swapped weights")}), good.leaf.signature
+    )
+    resigned = PublicationLeaf(good.publication, sign(d.outsider, good.publication, d.registry.domain()))
+    unsent = Publication(**{**vars(good.publication), "model_hash": h("never committed")})
+    missing = PublicationLeaf(unsent, sign(d.node, unsent, d.registry.domain()))  # signed, never put in the tree
+    assert (
+        d.registry.publications_included(
+            root,
+            [
+                (forged, good.proof),
+                (good.leaf, list(reversed(good.proof))),
+                (missing, good.proof),
+                (resigned, good.proof),
+            ],
+        )
+        == [False] * 4
+    )
+    assert d.registry.publications_included(h("no such root"), [(good.leaf, good.proof)]) == [False]
+
+    doc = json.loads(path.read_text())
+    doc["leaves"][1]["model_hash"] = "0x" + h("swapped weights").hex()
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match=r"leaf 1 .* is not in root"):
+        read_proofs(path, root)
+    doc["leaves"].reverse()
+    doc["leaves"][0]["proof"] = list(reversed(doc["leaves"][0]["proof"]))
+    with pytest.raises(ArtifactError, match="is not in root"):
+        read_proofs(path, root)
+
+
+def test_a_root_is_committed_once_by_a_relayer_and_holds_something(deployed, tmp_path):
+    d = deployed
+    leaves = signed_leaves(d, [d.node])
+    root, _, _ = write_proofs(tmp_path, leaves)
+    with pytest.raises(RegistryError, match=r"^AccessControlUnauthorizedAccount\("):
+        d.registry.commit_publications(root, RUN, 0, 1, "", d.outsider)
+    with pytest.raises(RegistryError, match=r"^EmptyBatch\("):
+        d.registry.commit_publications(root, RUN, 0, 0, "", d.relayer)
+    d.registry.commit_publications(root, RUN, 0, 1, "", d.relayer)
+    with pytest.raises(RegistryError, match=r"^ModelAlreadyRegistered\("):
+        d.registry.commit_publications(root, RUN, 0, 1, "", d.relayer)
+
+
+def test_a_node_attests_through_a_root_only_with_its_own_leaf(deployed, tmp_path):
+    d = deployed
+    leaves = signed_leaves(d, [d.node, d.other_node])
+    root, path, _ = commit(d, leaves, tmp_path)
+    d.registry.register_aggregate(h("ens of root"), RUN, 0, [root], "ensemble", 900, "", d.relayer)
+    proven = {p.publication.node: p for p in read_proofs(path, root)}
+    mine, theirs = proven[d.node.address], proven[d.other_node.address]
+
+    def attest(signer, p):
+        att = attestation(d, signer, h("ens of root"), 8100)
+        sig = sign(signer, att, d.registry.domain())
+        return d.registry.attest_batch_through_roots([att], [sig], [[0]], [p.leaf], [p.proof], d.relayer)
+
+    with pytest.raises(RegistryError, match=r"^NotInLineage\("):  # another node's leaf
+        attest(d.node, theirs)
+    with pytest.raises(RegistryError, match=r"^NotInLineage\("):  # its own leaf, but the proof reordered
+        attest(d.node, ProvenLeaf(mine.leaf, list(reversed(mine.proof)) + [h("extra")]))
+    receipt = attest(d.node, mine)
+    (event,) = d.registry.contract.events.AccuracyAttested().process_receipt(receipt)
+    assert (event["args"]["node"], event["args"]["accuracyBps"]) == (d.node.address, 8100)
+    assert d.registry.accuracy(h("ens of root"), d.node.address)[0] == 8100
+    with pytest.raises(RegistryError, match=r"^NotInLineage\("):  # the path must reach the root itself
+        att = attestation(d, d.other_node, h("ens of root"), 7000)
+        d.registry.attest_batch_through_roots(
+            [att], [sign(d.other_node, att, d.registry.domain())], [[]], [theirs.leaf], [theirs.proof], d.relayer
+        )
+
+
+def test_a_root_of_1000_publications_costs_under_2000_gas_a_record(tmp_path):
+    """Gas is deterministic: the commit of one root of 1 000 signed publications, amortised per record."""
+    from chain.backends import connect
+    from chain.registry import Registry, fund
+
+    w3 = connect()
+    admin, relayer = derive_account(3, "admin"), derive_account(3, "relayer")
+    fund(w3, [admin.address, relayer.address])
+    registry, _ = Registry.deploy(w3, admin)
+    registry.grant("RELAYER", relayer.address, admin)
+    leaves = []
+    for i in range(1000):  # signatures are checked by readers, so any well-formed one serves for the gas
+        pub = Publication(derive_account(3, f"node-{i}").address, h(f"t{i}"), KIND_TEACHER, 0, RUN, uri_of(RUN), 0, 1)
+        leaves.append(PublicationLeaf(pub, bytes(31) + b"\x01" + bytes(31) + b"\x01\x1b"))
+    root, _, _ = write_proofs(tmp_path, leaves)
+    for count in (100, 1000):
+        receipt = registry.commit_publications(root if count == 1000 else h("100"), RUN, 0, count, uri_of(RUN), relayer)
+        assert receipt["gasUsed"] / count <= 2_000
+
+
+@pytest.fixture(scope="module")
+def merkle_run(tmp_path_factory):
+    """A reduced quickstart whose 3 teachers go in Merkle roots of at most 2 leaves (so 2 roots)."""
+    tmp = tmp_path_factory.mktemp("merkle")
+    spec = yaml.safe_load((ROOT / "simulations/scenarios/quickstart.yaml").read_text())
+    spec.update(name="merkle-ci", nodes=3)
+    spec["teacher"]["epochs"] = 2
+    spec["distill"].update(samples=256, steps=50, batch_size=64)
+    spec["distill"]["options"].update(iterations=5)
+    spec["chain"] = {"merkle_leaves": 2}
+    (tmp / "merkle.yaml").write_text(yaml.safe_dump(spec))
+    done = kdledger("run", str(tmp / "merkle.yaml"), "--out", str(tmp / "run"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp / "run"
+
+
+def _events(run_dir):
+    by_name: dict[str, list] = {}
+    for e in json.loads((run_dir / "events.json").read_text()):
+        by_name.setdefault(e["event"], []).append(e)
+    return by_name
+
+
+def test_a_merkle_run_commits_roots_names_them_as_lineage_and_attests_through_them(merkle_run):
+    events = _events(merkle_run)
+    assert "TeacherRegistered" not in events
+    roots = {e["args"]["root"]: e["args"]["count"] for e in events["PublicationsCommitted"]}
+    assert sorted(roots.values()) == [1, 2]
+    assert set(roots) == {p.stem for p in (merkle_run / "merkle").glob("*.json")}
+    (student,) = events["StudentCommitted"]
+    assert set(student["args"]["teacherHashes"]) == set(roots)
+    for aggregate in events["AggregateRegistered"]:
+        assert set(aggregate["args"]["sourceHashes"]) == set(roots)
+    # each node attests the student, the ensemble and FedAvg once; its own teacher is no on-chain record here
+    attested = {(e["args"]["node"], e["args"]["modelHash"]) for e in events["AccuracyAttested"]}
+    nodes = {
+        leaf["node"]
+        for root in roots
+        for leaf in json.loads((merkle_run / "merkle" / f"{root}.json").read_text())["leaves"]
+    }
+    assert len(nodes) == 3 and len(attested) == 9 and {n for n, _ in attested} == nodes
+
+
+def test_verify_and_lineage_prove_each_teacher_from_its_proofs_file(merkle_run):
+    leaves = [
+        leaf for path in (merkle_run / "merkle").glob("*.json") for leaf in json.loads(path.read_text())["leaves"]
+    ]
+    files = [
+        merkle_run
+        / "store"
+        / leaf["model_hash"][2:4]
+        / leaf["model_hash"][4:6]
+        / f"{leaf['model_hash'][2:]}.safetensors"
+        for leaf in leaves
+    ]
+    done = kdledger("verify", "--run", str(merkle_run), *map(str, files))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("proven in merkle root") == 3
+    student = json.loads((merkle_run / "metrics.json").read_text())["student_hash"]
+    tree = kdledger("lineage", student, "--run", str(merkle_run), "--json")
+    (t,) = json.loads(tree.stdout)
+    below = [leaf for root in t["teachers"] for leaf in root["teachers"]]
+    assert {x["model_hash"] for x in below} == {leaf["model_hash"] for leaf in leaves}
+    assert {x["owner"] for x in below} == {leaf["node"] for leaf in leaves}
+
+
+@pytest.mark.parametrize("tamper", ["forged", "reordered", "missing", "resigned"])
+def test_a_tampered_proofs_file_is_refused_in_one_line(merkle_run, tmp_path, tamper):
+    copy = tmp_path / "run"
+    shutil.copytree(merkle_run, copy)
+    path = next(p for p in (copy / "merkle").glob("*.json") if json.loads(p.read_text())["count"] == 2)
+    doc = json.loads(path.read_text())
+    first = doc["leaves"][0]
+    if tamper == "forged":
+        first["model_hash"] = "0x" + h("other weights").hex()
+    elif tamper == "reordered":
+        first["proof"] = list(reversed(first["proof"])) + ["0x" + h("step").hex()]
+    elif tamper == "missing":
+        doc["leaves"] = doc["leaves"][1:]
+    else:  # a well-formed signature by another key
+        other = derive_account(99, "someone")
+        pub = Publication(
+            first["node"],
+            bytes.fromhex(first["model_hash"][2:]),
+            first["kind"],
+            first["round"],
+            bytes.fromhex(first["run_id"][2:]),
+            first["uri"],
+            first["nonce"],
+            first["deadline"],
+        )
+        chain = json.loads((copy / "chain.json").read_text())
+        first["signature"] = "0x" + sign(other, pub, Domain(chain["chain_id"], chain["contract"])).hex()
+    path.write_text(json.dumps(doc))
+    teacher = doc["leaves"][-1]["model_hash"]
+    target = copy / "store" / teacher[2:4] / teacher[4:6] / f"{teacher[2:]}.safetensors"
+    done = kdledger("verify", "--run", str(copy), str(target))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert str(path) in done.stderr
