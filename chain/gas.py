@@ -88,6 +88,43 @@ def measure_batches(registry: Registry, admin, relayer, distiller, run_id: bytes
         sigs = [sign(a, att, domain) for a, att in zip(nodes, atts)]
         receipt = registry.attest_batch(atts, sigs, [[i] for i in range(n)], relayer)
         gas[f"attestBatch, batch of {n} (per record)"] = receipt["gasUsed"] // n
+    gas |= measure_merkle(registry, admin, relayer, distiller, run_id)
+    return gas
+
+
+def measure_merkle(registry: Registry, admin, relayer, distiller, run_id: bytes) -> dict[str, int]:
+    """Merkle mode, per record: one root of 1, 10, 100 and 1 000 fresh nodes' signed publications
+    (commitPublications), and, for up to 100, their attestations of a student of the root (attestBatchThroughRoots,
+    each with its leaf and proof)."""
+    import tempfile
+    from pathlib import Path
+
+    from chain.merkle import PublicationLeaf, write_proofs
+
+    gas = {}
+    deadline, domain = registry.deadline(), registry.domain()
+    for n in (1, 10, 100, 1000):
+        nodes = [derive_account(99, f"merkle-{n}-{i}") for i in range(n)]
+        registry.grant_many([("DATA_NODE", a.address) for a in nodes], admin, batch_size=100)
+        pubs = [
+            Publication(a.address, _h(f"merkle-{n}-teacher-{i}"), KIND_TEACHER, 0, run_id, URI, 0, deadline)
+            for i, a in enumerate(nodes)
+        ]
+        leaves = [PublicationLeaf(p, sign(a, p, domain)) for a, p in zip(nodes, pubs)]
+        with tempfile.TemporaryDirectory() as tmp:
+            root, _, proven = write_proofs(Path(tmp), leaves)
+        receipt = registry.commit_publications(root, run_id, 0, n, URI, relayer)
+        gas[f"commitPublications, root of {n} (per record)"] = receipt["gasUsed"] // n
+        if n > 100:
+            continue
+        student = _h(f"merkle-{n}-student")
+        registry.commit_student(student, run_id, [root], "fast", _h("cfg"), 2000, URI, distiller)
+        atts = [Attestation(a.address, student, run_id, 9123, 134, 0, deadline) for a in nodes]
+        sigs = [sign(a, att, domain) for a, att in zip(nodes, atts)]
+        receipt = registry.attest_batch_through_roots(
+            atts, sigs, [[0]] * n, [p.leaf for p in proven], [p.proof for p in proven], relayer
+        )
+        gas[f"attestBatchThroughRoots, batch of {n} (per record)"] = receipt["gasUsed"] // n
     return gas
 
 
