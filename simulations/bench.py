@@ -412,18 +412,25 @@ def to_markdown(result: dict, command: str) -> str:
 
 
 def bench_scale(
-    scenario_path: Path, counts: list[int], out: Path, rpc_url: str | None = None, progress=lambda *a: None
+    scenario_path: Path,
+    counts: list[int],
+    out: Path,
+    rpc_url: str | None = None,
+    progress=lambda *a: None,
+    overrides: Sequence[str] = (),
 ) -> dict:
     """One scenario at several node counts: wall time per phase and the share spent on chain work.
 
-    `rpc_url` runs every count against that chain (e.g. `kdledger devnet`) instead of the scenario's.
+    `rpc_url` runs every count against that chain (e.g. `kdledger devnet`) instead of the scenario's;
+    `overrides` (KEY=VALUE) change the scenario for every count. A publication's gas is its registration's
+    share of its batch, or in Merkle mode of its root's commit.
     """
     import math
 
     from simulations.runner import run_scenario
     from simulations.scenario import load_scenario
 
-    base = load_scenario(scenario_path)
+    base = load_scenario(scenario_path, list(overrides))
     rows = []
     for n in counts:
         federation = base.federation.model_copy(update={"min_nodes": max(1, math.ceil(0.9 * n))})
@@ -435,7 +442,9 @@ def bench_scale(
         with PeakRss() as rss:
             result = run_scenario(spec, out / f"n{n}", progress=progress)
         phases = result.ledger.phase_seconds
-        registrations = [t for t in result.ledger.transactions if t["what"] == "TeacherRegistered"]
+        registrations = [
+            t for t in result.ledger.transactions if t["what"] in ("TeacherRegistered", "PublicationsCommitted")
+        ]
         chain_s = phases.get("chain (within phases)", 0.0)
         rows.append(
             {
@@ -457,6 +466,7 @@ def bench_scale(
         "machine": machine(),
         "scenario": str(scenario_path),
         "chain": rpc_url or base.chain.rpc_url or "embedded py-evm",
+        "overrides": list(overrides),
         "rows": rows,
     }
 
@@ -519,7 +529,9 @@ def scale_markdown(result: dict, command: str) -> str:
     lines = [
         f"`{command}`",
         "",
-        f"{result['date']}, {result['machine']}; scenario {result['scenario']}; chain {result['chain']}.",
+        f"{result['date']}, {result['machine']}; scenario {result['scenario']}"
+        + (f" with {' '.join(result['overrides'])}" if result.get("overrides") else "")
+        + f"; chain {result['chain']}.",
         "",
         "| nodes | wall s | per node s | x first row's per-node time | identify s | teachers s | distill s "
         "| evaluate s "

@@ -713,6 +713,7 @@ def bench_scale_command(
     rpc: Optional[str] = typer.Option(
         None, "--rpc", help="run against this chain (e.g. kdledger devnet's URL) instead of the scenario's"
     ),
+    overrides: list[str] = typer.Option([], "--set", help="override a scenario key for every count (repeatable)"),
 ) -> None:
     """One scenario at several node counts: wall time, phases, and the chain's share."""
     from simulations.bench import bench_scale, scale_markdown
@@ -720,7 +721,7 @@ def bench_scale_command(
     _quiet_logs(False)
     counts = [int(n) for n in nodes.split(",") if n.strip()]
     _fresh_out(out)
-    result = bench_scale(scenario, counts, out, rpc_url=rpc)
+    result = bench_scale(scenario, counts, out, rpc_url=rpc, overrides=overrides)
     _write_table(out / "scale", result, _bench_command_line("scale"), scale_markdown)
     console.print((out / "scale.md").read_text(), highlight=False, soft_wrap=True)
 
