@@ -399,7 +399,8 @@ def send(w3: Web3, fn, sender: LocalAccount) -> TxReceipt:
     tx = fn.build_transaction(fields)
     signed = sender.sign_transaction(tx)
     tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
-    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
+    # anvil and py-evm mine on arrival: poll at 10 ms, not web3's default 100 ms
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.01)
     if receipt["status"] != 1:
         if hasattr(fn, "call"):  # the reason is not in the receipt: replay on the state before the block
             fn.call({"from": sender.address}, block_identifier=receipt["blockNumber"] - 1)
