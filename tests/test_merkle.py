@@ -8,6 +8,7 @@ import pytest
 import yaml
 from conftest import ROOT, kdledger
 
+from chain import provenance
 from chain.errors import ArtifactError
 from chain.identity import KIND_TEACHER, Domain, Publication, derive_account, sign
 from chain.merkle import MerkleTree, ProvenLeaf, PublicationLeaf, read_proofs, verify, write_proofs
@@ -256,3 +257,19 @@ def test_a_tampered_proofs_file_is_refused_in_one_line(merkle_run, tmp_path, tam
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert str(path) in done.stderr
+
+
+def test_the_explorer_draws_a_merkle_students_data_nodes_from_the_proofs(merkle_run):
+    from simulations.explore.app import model_view, student_view
+    from simulations.explore.server import load_sources
+
+    (source,) = load_sources([merkle_run], None, None)
+    student = json.loads((merkle_run / "metrics.json").read_text())["student_hash"]
+    view = student_view(source, provenance.find(source.events, student, **source.proofs))
+    kinds = [n["kind"] for n in view["graph"]["nodes"]]
+    assert kinds.count("merkle-root") == 2 and kinds.count("teacher") == 3 and kinds.count("data node") == 3
+    leaf = json.loads(next((merkle_run / "merkle").glob("*.json")).read_text())["leaves"][0]
+    teacher = model_view(source, leaf["model_hash"])
+    assert (teacher["kind"], teacher["owner"]) == ("teacher", leaf["node"])
+    assert teacher["merkle_root"] in {"0x" + p.stem[2:] for p in (merkle_run / "merkle").glob("*.json")}
+    assert teacher["students"] == [student]

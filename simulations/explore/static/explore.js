@@ -3,7 +3,7 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const KINDS = ["student", "aggregate", "teacher", "ebm", "generator", "data node"];
+const KINDS = ["student", "aggregate", "merkle-root", "teacher", "ebm", "generator", "data node"];
 const COLOURS = ["#2563eb", "#d97706", "#0d9488", "#7c3aed", "#db2777", "#65a30d", "#0891b2", "#9333ea"];
 const state = { source: 0, sources: [], events: [], txs: [], roles: {}, students: [] };
 
@@ -340,7 +340,7 @@ function eventRow(e) {
     else if (k === "role") shownValue = state.roles[lower(v)] || short(v);
     else if (Array.isArray(v)) shownValue = v.map((x, i) => [i ? ", " : "", isHash(x) ? modelLink(x) : String(x)]);
     else if (isAddress(v)) shownValue = nodeLink(v);
-    else if (k === "kind") shownValue = ["", "teacher", "ebm", "generator", "student", "aggregate"][v] || String(v);
+    else if (k === "kind") shownValue = ["", "teacher", "ebm", "generator", "student", "aggregate", "merkle-root"][v] || String(v);
     else if (isHash(v) || (typeof v === "string" && v.length > 40)) shownValue = h("span", { class: "mono", title: v }, short(v, 12));
     else shownValue = String(v);
     details.append(h("span", {}, h("span", { class: "muted" }, `${k} `), shownValue));
@@ -395,6 +395,8 @@ async function modelPanel(hash) {
       ["config hash", r.config_hash && h("span", { class: "mono" }, r.config_hash)],
       ["synthetic samples", r.sample_count],
       ["training examples", r.example_count],
+      ["signed publications", r.leaf_count],
+      ["proven in merkle root", r.merkle_root && modelLink(r.merkle_root, r.merkle_root)],
       ["uri", h("span", { class: "mono" }, r.uri)],
       ["file", r.file === undefined || r.file === null
         ? h("span", { class: "muted" }, "not in the run directories given")
@@ -416,7 +418,7 @@ async function modelPanel(hash) {
 }
 
 function roleOf(kind) {
-  return { student: "distiller", aggregate: "coordinator" }[kind] || "data node";
+  return { student: "distiller", aggregate: "coordinator", "merkle-root": "relayer" }[kind] || "data node";
 }
 
 function eventList(events) {
