@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eth_abi import encode
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 
 from chain.errors import ArtifactError
-from chain.identity import Domain, Publication, compact, recover
+from chain.identity import PUBLISHED_KINDS, Domain, Publication, compact, recover
 from chain.safejson import bounded_json
 
 MERKLE_DIR = "merkle"
@@ -146,10 +146,40 @@ def write_proofs(run_dir: Path, leaves: Sequence[PublicationLeaf]) -> tuple[byte
     return tree.root, path, [ProvenLeaf(leaf, tree.proof(leaf.hash)) for leaf in leaves]
 
 
+def _bytes32(value: object, what: str) -> bytes:
+    raw = bytes.fromhex(str(value).removeprefix("0x"))
+    if len(raw) != 32:
+        raise ValueError(f"{what} is {len(raw)} bytes, not 32")
+    return raw
+
+
+def _uint(value: object, bits: int, what: str) -> int:
+    if not isinstance(value, int) or not 0 <= value < 2**bits:
+        raise ValueError(f"{what} {value!r} is not a uint{bits}")
+    return value
+
+
+def _leaf_of(rec: dict) -> ProvenLeaf:
+    """One record of a proofs file, its fields typed and bounded as the contract's PublicationLeaf."""
+    pub = Publication(
+        node=to_checksum_address(rec["node"]),
+        model_hash=_bytes32(rec["model_hash"], "model_hash"),
+        kind=_uint(rec["kind"], 8, "kind"),
+        round=_uint(rec["round"], 32, "round"),
+        run_id=_bytes32(rec["run_id"], "run_id"),
+        uri=str(rec["uri"]),
+        nonce=_uint(rec["nonce"], 256, "nonce"),
+        deadline=_uint(rec["deadline"], 256, "deadline"),
+    )
+    leaf = PublicationLeaf(pub, bytes.fromhex(str(rec["signature"]).removeprefix("0x")))
+    return ProvenLeaf(leaf, [_bytes32(s, "a proof step") for s in rec["proof"]])
+
+
 def read_proofs(path: Path, root: bytes, domain: Domain | None = None) -> list[ProvenLeaf]:
-    """The leaves of `root` from its proofs file, each checked: its hash is the one its fields make, its proof
-    leads to `root`, and (with `domain`) its signature recovers to its node. Anything else is an ArtifactError
-    naming the file and the leaf; a file of another root too."""
+    """The leaves of `root` from its proofs file, each checked: its fields are well-formed, its proof leads to
+    `root`, its kind is one a node publishes, and (with `domain`) its signature recovers to its node; and the
+    file's leaves, no two alike, are exactly the tree of `root` (so none is missing, repeated or added).
+    Anything else is an ArtifactError naming the file and the leaf."""
     where = f"{path}"
     try:
         doc = bounded_json(Path(path).read_bytes(), where)
@@ -157,25 +187,22 @@ def read_proofs(path: Path, root: bytes, domain: Domain | None = None) -> list[P
             raise ArtifactError(f"{where}: not the proofs of root 0x{root.hex()}")
         proven = []
         for i, rec in enumerate(doc["leaves"]):
-            pub = Publication(
-                node=rec["node"],
-                model_hash=bytes.fromhex(rec["model_hash"][2:]),
-                kind=int(rec["kind"]),
-                round=int(rec["round"]),
-                run_id=bytes.fromhex(rec["run_id"][2:]),
-                uri=str(rec["uri"]),
-                nonce=int(rec["nonce"]),
-                deadline=int(rec["deadline"]),
+            p = _leaf_of(rec)
+            node = p.publication.node
+            if not verify(p.proof, root, p.leaf.hash):
+                raise ArtifactError(f"{where}: leaf {i} (node {node}) is not in root 0x{root.hex()}")
+            if p.publication.kind not in PUBLISHED_KINDS.values():
+                raise ArtifactError(f"{where}: leaf {i} (node {node}) has kind {p.publication.kind}, not 1 to 3")
+            if domain is not None and recover(p.publication, domain, p.leaf.signature) != node:
+                raise ArtifactError(f"{where}: leaf {i} is not signed by its node {node}")
+            proven.append(p)
+        hashes = [p.leaf.hash for p in proven]
+        if len(set(hashes)) != len(hashes) or MerkleTree(hashes).root != root:
+            raise ArtifactError(
+                f"{where}: its leaves are not the tree of root 0x{root.hex()} (one repeated or missing)"
             )
-            leaf = PublicationLeaf(pub, bytes.fromhex(rec["signature"][2:]))
-            proof = [bytes.fromhex(s[2:]) for s in rec["proof"]]
-            if not verify(proof, root, leaf.hash):
-                raise ArtifactError(f"{where}: leaf {i} (node {pub.node}) is not in root 0x{root.hex()}")
-            if domain is not None and recover(pub, domain, leaf.signature) != pub.node:
-                raise ArtifactError(f"{where}: leaf {i} is not signed by its node {pub.node}")
-            proven.append(ProvenLeaf(leaf, proof))
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, ArtifactError):
-            raise
+    except ArtifactError:
+        raise
+    except Exception as exc:  # anything a malformed file makes json, hex, eth-abi or eth-keys raise
         raise ArtifactError(f"{where}: not a proofs file ({type(exc).__name__}: {exc})") from None
     return proven

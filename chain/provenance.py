@@ -173,8 +173,10 @@ def expand_merkle_roots(models: dict[str, Registration], roots: Sequence[Path], 
     """Each committed Merkle root in `models` whose run directory is among `roots` gets its publications as
     sources, and each publication its own registration (its node, kind and round; the root's block and tx).
     Every leaf of the proofs file is proven in the root, names the root's run and round, and (with `domain`)
-    is signed by its node; the file holds as many leaves as the chain says. Anything else is an ArtifactError:
-    a forged, reordered or missing leaf is refused, never skipped."""
+    is signed by its node; the file's leaves are exactly the root's tree, as many as the chain says; and no leaf
+    names a hash registered otherwise. Anything else is an ArtifactError: a forged, reordered, repeated or
+    missing leaf is refused, never skipped. A root whose run directory or proofs file is not among `roots`
+    stays unexpanded: its count is known, its publications are not."""
     for reg in [r for r in models.values() if r.kind == KIND_NAMES[KIND_BATCH]]:
         run = run_root(reg.run_id, roots)
         if run is None or not proofs_path(run, bytes.fromhex(reg.model_hash[2:])).is_file():
@@ -188,6 +190,9 @@ def expand_merkle_roots(models: dict[str, Registration], roots: Sequence[Path], 
             if _norm(pub.run_id.hex()) != _norm(reg.run_id) or pub.round != reg.round:
                 raise ArtifactError(f"{path}: the leaf of node {pub.node} names another run or round than its root")
             h = _norm(pub.model_hash.hex())
+            known = models.get(h)
+            if known is not None and (known.owner, known.merkle_root) != (pub.node, reg.model_hash):
+                raise ArtifactError(f"{path}: the leaf of node {pub.node} names {h}, registered otherwise")
             reg.teachers.append(h)
             models.setdefault(
                 h,
@@ -212,12 +217,16 @@ def find(
 
 
 def lineage(
-    events: list[dict], model_hash: str, roots: Sequence[Path] = (), domain: Domain | None = None
+    events: list[dict],
+    model_hash: str,
+    roots: Sequence[Path] = (),
+    domain: Domain | None = None,
+    merkle: bool = True,
 ) -> dict | None:
     """The tree model -> the models it came from -> ..., each with its registration and accuracies; with
-    `roots`, each record's file as its uri resolves there ("file": a path, or None when none matches), and each
-    Merkle root's publications from its proofs file."""
-    models = index_events(events, roots, domain)
+    `roots`, each record's file as its uri resolves there ("file": a path, or None when none matches), and
+    (unless not `merkle`) each Merkle root's publications from its proofs file."""
+    models = index_events(events, roots if merkle else (), domain)
 
     def tree(h: str, seen: frozenset) -> dict:
         reg = models.get(h)

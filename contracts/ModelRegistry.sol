@@ -22,7 +22,7 @@ import {Multicall} from "@openzeppelin/contracts/utils/Multicall.sol";
 /// (`commitPublications`, a few hundred gas per record): each leaf is the whole signed publication, so
 /// anyone holding a leaf and its proof can check its inclusion and its signature (`publicationIncluded`),
 /// a student or aggregate may name the root as a source, and a node attests through the root with its
-/// leaf (`attestBatchThroughRoots`).
+/// leaf, checked again on-chain (`attestBatchThroughRoots`).
 contract ModelRegistry is AccessControl, EIP712, Multicall {
     bytes32 public constant DATA_NODE_ROLE = keccak256("DATA_NODE_ROLE");
     bytes32 public constant DISTILLER_ROLE = keccak256("DISTILLER_ROLE");
@@ -344,9 +344,10 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
     }
 
     /// @notice Records many attestations of models whose lineage reaches a root of publications: each path
-    /// leads from the model to a root (as in `attestAccuracy`), and the attesting node's own leaf in that root,
-    /// with its proof, shows that the node's data went into the model; each attestation's signature is checked
-    /// as `attestBatch` does.
+    /// leads from the model to a root (as in `attestAccuracy`, at least one step), and the attesting node's own
+    /// leaf in that root, of the same run, shows that the node's data went into the model: the leaf is checked
+    /// as `publicationIncluded` checks it (proof, round, kind, the node's signature). Each attestation's
+    /// signature is checked as `attestBatch` does.
     /// @param runId The run every attestation names.
     /// @param deadline The deadline every attestation names.
     /// @param atts Each node's part, in the order of each node's nonces.
@@ -367,11 +368,13 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
         for (uint256 i = 0; i < atts.length; ++i) {
             BatchedAttestation calldata a = atts[i];
             _checkBatchedAttestation(a, runId, deadline);
+            if (a.accuracyBps > 10_000) revert AccuracyOutOfRange(a.accuracyBps);
+            if (paths[i].length == 0) revert NotInLineage(a.modelHash, a.node); // a root is no model to attest
             bytes32 root = _walkLineage(a.modelHash, a.node, paths[i]);
-            if (
-                _models[root].kind != KIND_BATCH || leaves[i].node != a.node
-                    || !MerkleProof.verifyCalldata(proofs[i], root, publicationLeafHash(leaves[i]))
-            ) revert NotInLineage(a.modelHash, a.node);
+            PublicationLeaf calldata leaf = leaves[i];
+            if (leaf.node != a.node || leaf.runId != runId || !_leafIncluded(root, leaf, proofs[i])) {
+                revert NotInLineage(a.modelHash, a.node);
+            }
             _storeAccuracy(a.modelHash, a.node, runId, a.accuracyBps, a.numExamples);
         }
     }
@@ -387,6 +390,20 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
         view
         returns (bool)
     {
+        return _leafIncluded(root, leaf, proof);
+    }
+
+    /// @notice The hash a publication leaf has in a tree: keccak256(keccak256(abi.encode(leaf))).
+    /// @param leaf The publication and its signature.
+    function publicationLeafHash(PublicationLeaf calldata leaf) public pure returns (bytes32) {
+        return keccak256(bytes.concat(keccak256(abi.encode(leaf))));
+    }
+
+    function _leafIncluded(bytes32 root, PublicationLeaf calldata leaf, bytes32[] calldata proof)
+        private
+        view
+        returns (bool)
+    {
         Model memory batch = _models[root];
         if (batch.kind != KIND_BATCH || batch.round != leaf.round) return false;
         if (leaf.kind == 0 || leaf.kind > KIND_GENERATOR) return false;
@@ -396,12 +413,6 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
         );
         (address recovered, ECDSA.RecoverError failure,) = ECDSA.tryRecover(digest, leaf.r, leaf.vs);
         return failure == ECDSA.RecoverError.NoError && recovered == leaf.node;
-    }
-
-    /// @notice The hash a publication leaf has in a tree: keccak256(keccak256(abi.encode(leaf))).
-    /// @param leaf The publication and its signature.
-    function publicationLeafHash(PublicationLeaf calldata leaf) public pure returns (bytes32) {
-        return keccak256(bytes.concat(keccak256(abi.encode(leaf))));
     }
 
     /// @notice The record of a model; `kind` is 0 when the hash is not registered.
@@ -516,6 +527,7 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
         uint32 numExamples,
         uint256[] calldata path
     ) private {
+        if (accuracyBps > 10_000) revert AccuracyOutOfRange(accuracyBps);
         if (_models[_walkLineage(modelHash, node, path)].owner != node) revert NotInLineage(modelHash, node);
         _storeAccuracy(modelHash, node, runId, accuracyBps, numExamples);
     }
@@ -532,10 +544,10 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
         return reached;
     }
 
+    // The caller has checked the range and the lineage.
     function _storeAccuracy(bytes32 modelHash, address node, bytes32 runId, uint16 accuracyBps, uint32 numExamples)
         private
     {
-        if (accuracyBps > 10_000) revert AccuracyOutOfRange(accuracyBps);
         if (_accuracies[modelHash][node].blockNumber != 0) revert AlreadyAttested(modelHash, node);
         _accuracies[modelHash][node] = Accuracy(accuracyBps, numExamples, uint40(block.number));
         _attesters[modelHash].push(node);

@@ -96,7 +96,7 @@ def relay(
             continue
         try:
             receipt = type(live[0]).send(registry, live, relayer)
-        except RegistryError as exc:
+        except (RegistryError, ValueError) as exc:  # ValueError: a malformed signature, before anything is sent
             if len(live) == 1:
                 live[0].record.error = f"{live[0].phase}: {exc}"
                 log.warning("node %s: %s", live[0].record.address, live[0].record.error)

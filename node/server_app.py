@@ -473,8 +473,8 @@ class Coordinator:
         written to the run directory's merkle/. A node whose signature does not recover to it drops out."""
         domain = self.registry.domain()
         for item in signed:
-            if item.record.error is None and recover(item.publication, domain, item.signature) != item.record.address:
-                item.record.error = "register: its publication's signature does not recover to its address"
+            if item.record.error is None and not _signed_by(item, domain):
+                item.record.error = "register: its publication's signature is malformed or not its own"
                 log.warning("node %s: %s", item.record.address, item.record.error)
         good = [item for item in signed if item.record.error is None]
         for round_ in sorted({item.publication.round for item in good}):
@@ -559,6 +559,16 @@ class Coordinator:
         self.ledger.aggregates[name] = model_hash
         self.ledger.sources[model_hash] = list(sources)
         return model_hash
+
+
+def _signed_by(item: SignedPublication, domain) -> bool:
+    """Whether the publication's signature is a well-formed one (65 bytes, low s, v 27 or 28: what a leaf
+    carries) that recovers to the node's address."""
+    try:
+        PublicationLeaf(item.publication, item.signature).as_struct()
+        return recover(item.publication, domain, item.signature) == item.record.address
+    except Exception:  # eth-keys raises its own BadSignature, compact a ValueError: either way not the node's
+        return False
 
 
 def make_server_app(coordinator: Coordinator) -> ServerApp:

@@ -65,6 +65,7 @@ def test_the_chain_and_the_proofs_file_agree_on_each_leaf_and_refuse_forgeries(d
     assert d.registry.publications_included(root, [(p.leaf, p.proof) for p in proven]) == [True] * 3
 
     good = next(p for p in proven if p.publication.node == d.node.address)
+    deep = max(proven, key=lambda p: len(p.proof))  # two steps: reversed, they are another path
     forged = PublicationLeaf(
         Publication(**{**vars(good.publication), "model_hash": h("swapped weights")}), good.leaf.signature
     )
@@ -76,7 +77,7 @@ def test_the_chain_and_the_proofs_file_agree_on_each_leaf_and_refuse_forgeries(d
             root,
             [
                 (forged, good.proof),
-                (good.leaf, list(reversed(good.proof))),
+                (deep.leaf, list(reversed(deep.proof))),
                 (missing, good.proof),
                 (resigned, good.proof),
             ],
@@ -130,6 +131,16 @@ def test_a_node_attests_through_a_root_only_with_its_own_leaf(deployed, tmp_path
     (event,) = d.registry.contract.events.AccuracyAttested().process_receipt(receipt)
     assert (event["args"]["node"], event["args"]["accuracyBps"]) == (d.node.address, 8100)
     assert d.registry.accuracy(h("ens of root"), d.node.address)[0] == 8100
+    with pytest.raises(RegistryError, match=r"^NotInLineage\("):  # a root is no model to attest
+        att = attestation(d, d.other_node, root, 7000)
+        d.registry.attest_batch_through_roots(
+            [att], [sign(d.other_node, att, d.registry.domain())], [[]], [theirs.leaf], [theirs.proof], d.relayer
+        )
+    with pytest.raises(RegistryError, match=r"^AccuracyOutOfRange\("):
+        att = attestation(d, d.other_node, h("ens of root"), 10_001)
+        d.registry.attest_batch_through_roots(
+            [att], [sign(d.other_node, att, d.registry.domain())], [[0]], [theirs.leaf], [theirs.proof], d.relayer
+        )
     with pytest.raises(RegistryError, match=r"^NotInLineage\("):  # the path must reach the root itself
         att = attestation(d, d.other_node, h("ens of root"), 7000)
         d.registry.attest_batch_through_roots(
@@ -273,3 +284,72 @@ def test_the_explorer_draws_a_merkle_students_data_nodes_from_the_proofs(merkle_
     assert (teacher["kind"], teacher["owner"]) == ("teacher", leaf["node"])
     assert teacher["merkle_root"] in {"0x" + p.stem[2:] for p in (merkle_run / "merkle").glob("*.json")}
     assert teacher["students"] == [student]
+
+
+def test_a_leaf_must_be_signed_and_of_the_attestations_run_to_attest_through(deployed, tmp_path):
+    """The chain checks the leaf again when its node attests: a root the relayer filled with a leaf the node
+    never signed, or with its publication of another run, does not let the node's attestation through."""
+    d = deployed
+    other_run = Publication(d.node.address, h("of another run"), KIND_TEACHER, 0, h("run 2"), uri_of(RUN), 0, 1)
+    unsigned = Publication(d.other_node.address, h("not signed by it"), KIND_TEACHER, 0, RUN, uri_of(RUN), 0, 1)
+    leaves = [
+        PublicationLeaf(other_run, sign(d.node, other_run, d.registry.domain())),
+        PublicationLeaf(unsigned, sign(d.outsider, unsigned, d.registry.domain())),
+    ]
+    root, path, proven = write_proofs(tmp_path, leaves)
+    d.registry.commit_publications(root, RUN, 0, 2, uri_of(RUN), d.relayer)
+    d.registry.register_aggregate(h("ens of a bad root"), RUN, 0, [root], "ensemble", 900, "", d.relayer)
+    for signer, p in zip((d.node, d.other_node), proven):
+        att = attestation(d, signer, h("ens of a bad root"), 8000)
+        with pytest.raises(RegistryError, match=r"^NotInLineage\("):
+            d.registry.attest_batch_through_roots(
+                [att], [sign(signer, att, d.registry.domain())], [[0]], [p.leaf], [p.proof], d.relayer
+            )
+    with pytest.raises(ArtifactError, match="is not signed by its node"):
+        read_proofs(path, root, d.registry.domain())
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda doc: doc["leaves"].__setitem__(2, doc["leaves"][0]), "not the tree of root"),  # one repeated
+        (lambda doc: doc["leaves"][0].__setitem__("round", -1), "not a proofs file"),
+        (lambda doc: doc["leaves"][0].__setitem__("node", "xyz"), "not a proofs file"),
+        (lambda doc: doc["leaves"][0].__setitem__("model_hash", "0x" + "ab" * 31), "not a proofs file"),
+        (lambda doc: doc["leaves"][0].__setitem__("kind", 4), "not 1 to 3|not in root"),
+        (lambda doc: doc.__setitem__("leaves", 7), "not a proofs file"),
+    ],
+)
+def test_a_malformed_proofs_file_is_an_artifact_error(tmp_path, edit, message):
+    signers = [derive_account(5, f"n{i}") for i in range(3)]
+    domain = Domain(1, "0x" + "11" * 20)
+    leaves = []
+    for i, s in enumerate(signers):
+        pub = Publication(s.address, h(f"m{i}"), KIND_TEACHER, 0, RUN, uri_of(RUN), 0, 1)
+        leaves.append(PublicationLeaf(pub, sign(s, pub, domain)))
+    root, path, _ = write_proofs(tmp_path, leaves)
+    assert len(read_proofs(path, root, domain)) == 3
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match=message):
+        read_proofs(path, root, domain)
+
+
+def test_the_coordinator_keeps_only_well_formed_signatures_of_the_node_itself():
+    from node.relay import SignedPublication
+    from node.server_app import NodeRecord, _signed_by
+
+    node, other = derive_account(5, "node"), derive_account(5, "other")
+    domain = Domain(1, "0x" + "11" * 20)
+    pub = Publication(node.address, h("t"), KIND_TEACHER, 0, RUN, uri_of(RUN), 0, 1)
+    record = NodeRecord(0, 0, node.address)
+
+    def item(signature):
+        return SignedPublication(record, "teacher", pub, signature)
+
+    assert _signed_by(item(sign(node, pub, domain)), domain)
+    assert not _signed_by(item(sign(other, pub, domain)), domain)
+    assert not _signed_by(item(bytes(65)), domain)  # eth-keys refuses it outright
+    good = sign(node, pub, domain)
+    assert not _signed_by(item(good[:64] + bytes([good[64] - 27])), domain)  # v 0/1: no leaf carries it

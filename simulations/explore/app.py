@@ -4,6 +4,7 @@ chain/events.py; the files a source's run directories hold (config.json, the sto
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import threading
@@ -21,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from chain import provenance
-from chain.errors import reported_errors
+from chain.errors import ArtifactError, reported_errors
 from chain.identity import Domain
 from chain.registry import ROLES
 from chain.safejson import bounded_json
@@ -46,12 +47,21 @@ class Source:
     info: dict  # chain.json, or {contract, chain_id, rpc_url}
     roots: list[Path] = field(default_factory=list)
 
-    @property
+    proofs_error: str | None = None
+
+    @functools.cached_property
     def proofs(self) -> dict:
         """What provenance needs to believe a Merkle root's publications: the run directories holding their
-        proofs, and the registry's EIP-712 domain their signatures are checked in."""
+        proofs, and the registry's EIP-712 domain their signatures are checked in. Checked once: a proofs file
+        that fails leaves every root unexpanded (its publications unproven), said in `proofs_error`, rather
+        than failing every page."""
         chain_id, contract = self.info.get("chain_id"), self.info.get("contract")
         domain = Domain(chain_id=int(chain_id), contract=contract) if chain_id and contract else None
+        try:
+            provenance.index_events(self.events, self.roots, domain)
+        except ArtifactError as exc:
+            self.proofs_error = str(exc)
+            return {"roots": [], "domain": None}
         return {"roots": self.roots, "domain": domain}
 
 
@@ -97,6 +107,7 @@ def summary(i: int, s: Source) -> dict:
         "rpc_url": s.info.get("rpc_url"),
         "run_dirs": [str(r) for r in s.roots],
         "events": len(s.events),
+        "proofs_error": s.proofs_error,
         "transactions": len(txs),
         "blocks": len({e["block"] for e in s.events}),
         "models": len(models),
@@ -138,7 +149,8 @@ def student_view(s: Source, reg: provenance.Registration) -> dict:
 
 
 def model_view(s: Source, model_hash: str) -> dict | None:
-    tree = provenance.lineage(s.events, model_hash, **s.proofs)
+    proofs = s.proofs  # checked once; a refused proofs file leaves the roots unexpanded, files still found
+    tree = provenance.lineage(s.events, model_hash, s.roots, proofs["domain"], merkle=s.proofs_error is None)
     if tree is None:
         return None
     models = provenance.index_events(s.events, **s.proofs)
