@@ -13,6 +13,36 @@ from chain.identity import derive_account
 from chain.registry import Registry, fund
 
 ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART_NODES = 3
+
+
+def reduced_quickstart(tmp_path: Path) -> Path:
+    """The quickstart made small for CI: 3 nodes, 8 teacher epochs, a short distillation."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "simulations/scenarios/quickstart.yaml").read_text())
+    spec["name"] = "quickstart-ci"
+    spec["nodes"] = QUICKSTART_NODES
+    spec["teacher"]["epochs"] = 8
+    spec["distill"].update(samples=512, steps=300, batch_size=64)
+    spec["distill"]["options"].update(iterations=10)
+    path = tmp_path / "quickstart-ci.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="session")
+def quickstart_runs(tmp_path_factory) -> list:
+    """The reduced quickstart run twice (for determinism), shared by every test module that reads a run:
+    [(run directory, the CLI's completed process)]. Tests may read them and must restore what they change."""
+    tmp = tmp_path_factory.mktemp("quickstart")
+    scenario = reduced_quickstart(tmp)
+    out = []
+    for i in range(2):
+        done = kdledger("run", str(scenario), "--out", str(tmp / f"run{i}"))
+        assert done.returncode == 0, done.stderr[-3000:]
+        out.append((tmp / f"run{i}", done))
+    return out
 
 
 @dataclass

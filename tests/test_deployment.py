@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import KEY_PASSWORD, flower_env, flwr_run, free_port
+from conftest import KEY_PASSWORD, flower_env, flwr_run, free_port, reduced_quickstart
 from eth_account import Account
-from test_end_to_end import reduced_quickstart
 
 from chain.devnet import Devnet, DevnetError, foundry_tool
 from chain.identity import save_key

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import KEY_PASSWORD, ROOT, free_port, kdledger
-from test_end_to_end import NODES, reduced_quickstart
+from conftest import KEY_PASSWORD, ROOT, free_port, kdledger, reduced_quickstart
+from conftest import QUICKSTART_NODES as NODES
 
 from chain.compiler import load_artifact
 from chain.devnet import Devnet, DevnetError, foundry_tool

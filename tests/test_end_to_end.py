@@ -5,38 +5,18 @@ import json
 import stat
 
 import pytest
-import yaml
-from conftest import ROOT, kdledger
+from conftest import QUICKSTART_NODES, kdledger
 
 from node.artifacts import ArtifactStore, Expected, TamperedArtifact
 
-NODES = 3
+NODES = QUICKSTART_NODES
 TEACHER = Expected(("digits-cnn-bn",), (1, 8, 8), 10)  # the quickstart's teacher architecture
 
 
-def reduced_quickstart(tmp_path):
-    spec = yaml.safe_load((ROOT / "simulations/scenarios/quickstart.yaml").read_text())
-    spec["name"] = "quickstart-ci"
-    spec["nodes"] = NODES
-    spec["teacher"]["epochs"] = 8
-    spec["distill"].update(samples=512, steps=300, batch_size=64)
-    spec["distill"]["options"].update(iterations=10)
-    path = tmp_path / "quickstart-ci.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(quickstart_runs):
     """The same scenario twice (for determinism); the first run is inspected."""
-    tmp = tmp_path_factory.mktemp("e2e")
-    scenario = reduced_quickstart(tmp)
-    out = []
-    for i in range(2):
-        done = kdledger("run", str(scenario), "--out", str(tmp / f"run{i}"))
-        assert done.returncode == 0, done.stderr[-3000:]
-        out.append((tmp / f"run{i}", done))
-    return out
+    return quickstart_runs
 
 
 def test_cli_prints_the_per_node_table(runs):

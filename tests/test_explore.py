@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, free_port, kdledger
-from test_end_to_end import reduced_quickstart
 
 from chain import provenance
 from simulations.explore.app import create_app
@@ -35,11 +34,8 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("explore")
-    done = kdledger("run", str(reduced_quickstart(tmp)), "--out", str(tmp / "run"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    return tmp / "run"
+def run_dir(quickstart_runs):
+    return quickstart_runs[0][0]
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import ROOT, flower_env, flwr_run, free_port
-from test_end_to_end import reduced_quickstart
+from conftest import ROOT, flower_env, flwr_run, free_port, reduced_quickstart
 
 from chain.devnet import Devnet, DevnetError, foundry_tool
 
