@@ -268,9 +268,15 @@ class Coordinator:
             raise RunFailed("no student was committed: nothing to evaluate")
         deadline = self.registry.deadline()
         contents, sent, sent_paths, sent_leaves = {}, {}, {}, {}
+        # a node's own teacher is measured where it is an on-chain record: in Merkle mode it is a leaf, which a
+        # node reading the chain would refuse as unregistered
         sent_models = {
             r.node_id: [student]
-            + ([r.teacher_hash] if self.federation.mode == "one-shot" and r.teacher_hash else [])
+            + (
+                [r.teacher_hash]
+                if self.federation.mode == "one-shot" and r.teacher_hash and r.teacher_hash not in self.ledger.in_root
+                else []
+            )
             + list(self.ledger.aggregates.values())
             for r in self.active
         }

@@ -22,7 +22,8 @@ def accuracy_bars(rows: list[dict], columns: list[tuple[str, str]], path: Path) 
     ax.set_ylabel("accuracy on the node's private test split (%)")
     ax.set_ylim(0, 118)  # headroom for the legend above the 100% bars
     ax.set_yticks(range(0, 101, 20))
-    ax.legend(fontsize=8, ncol=len(columns), loc="upper center")
+    if columns:  # no model measured (every node failed): an empty chart, not a crash
+        ax.legend(fontsize=8, ncol=len(columns), loc="upper center")
     ax.set_title("Attested accuracy per data node")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
