@@ -175,6 +175,23 @@ def _leaf_of(rec: dict) -> ProvenLeaf:
     return ProvenLeaf(leaf, [_bytes32(s, "a proof step") for s in rec["proof"]])
 
 
+def leaf_fault(p: ProvenLeaf, root: bytes, domain: Domain | None) -> str | None:
+    """Why `p` is not a publication in `root`, or None: its proof must lead to the root, its kind be one a node
+    publishes, and (with `domain`) its signature recover to its node. With the root's own record on-chain (a
+    KIND_BATCH of the leaf's round) this is what the contract's `publicationIncluded` decides, computed here."""
+    if not verify(p.proof, root, p.leaf.hash):
+        return f"is not in root 0x{root.hex()}"
+    if p.publication.kind not in PUBLISHED_KINDS.values():
+        return f"has kind {p.publication.kind}, not 1 to 3"
+    try:
+        signer = recover(p.publication, domain, p.leaf.signature) if domain is not None else p.publication.node
+    except Exception:  # eth-keys raises its own BadSignature on a malformed one
+        signer = None
+    if signer != p.publication.node:
+        return "is not signed by its node"
+    return None
+
+
 def read_proofs(path: Path, root: bytes, domain: Domain | None = None) -> list[ProvenLeaf]:
     """The leaves of `root` from its proofs file, each checked: its fields are well-formed, its proof leads to
     `root`, its kind is one a node publishes, and (with `domain`) its signature recovers to its node; and the
@@ -188,13 +205,9 @@ def read_proofs(path: Path, root: bytes, domain: Domain | None = None) -> list[P
         proven = []
         for i, rec in enumerate(doc["leaves"]):
             p = _leaf_of(rec)
-            node = p.publication.node
-            if not verify(p.proof, root, p.leaf.hash):
-                raise ArtifactError(f"{where}: leaf {i} (node {node}) is not in root 0x{root.hex()}")
-            if p.publication.kind not in PUBLISHED_KINDS.values():
-                raise ArtifactError(f"{where}: leaf {i} (node {node}) has kind {p.publication.kind}, not 1 to 3")
-            if domain is not None and recover(p.publication, domain, p.leaf.signature) != node:
-                raise ArtifactError(f"{where}: leaf {i} is not signed by its node {node}")
+            fault = leaf_fault(p, root, domain)
+            if fault is not None:
+                raise ArtifactError(f"{where}: leaf {i} (node {p.publication.node}) {fault}")
             proven.append(p)
         hashes = [p.leaf.hash for p in proven]
         if len(set(hashes)) != len(hashes) or MerkleTree(hashes).root != root:

@@ -24,8 +24,8 @@ from web3.types import TxReceipt, Wei
 from chain.backends import is_embedded
 from chain.compiler import load_artifact
 from chain.errors import ChainError, ConfigError
-from chain.identity import DOMAIN_NAME, DOMAIN_VERSION, Attestation, Domain, Publication, compact
-from chain.merkle import PublicationLeaf
+from chain.identity import DOMAIN_NAME, DOMAIN_VERSION, KIND_BATCH, Attestation, Domain, Publication, compact
+from chain.merkle import ProvenLeaf, PublicationLeaf, leaf_fault
 
 ROLES = {name: keccak(text=f"{name}_ROLE") for name in ("DATA_NODE", "DISTILLER", "RELAYER")}
 
@@ -343,9 +343,16 @@ class Registry:
     def publications_included(
         self, root: bytes, proven: Sequence[tuple[PublicationLeaf, Sequence[bytes]]]
     ) -> list[bool]:
-        """For each (leaf, proof): whether the chain says it is a publication in `root`, signed by its node
-        (`publicationIncluded`)."""
-        return self.read_many("publicationIncluded", [(root, leaf.as_struct(), list(proof)) for leaf, proof in proven])
+        """For each (leaf, proof): whether it is a publication in `root`, signed by its node, as the contract's
+        `publicationIncluded` decides. The root's record is read from the chain and each proof and signature
+        checked here against it: the same computation, where a thousand eth_calls of the view took 6 s on py-evm."""
+        batch, domain = self.model(root), self.domain()
+        return [
+            batch.kind == KIND_BATCH
+            and batch.round == leaf.publication.round
+            and leaf_fault(ProvenLeaf(leaf, list(proof)), root, domain) is None
+            for leaf, proof in proven
+        ]
 
     def lineage(self, student_hash: bytes) -> Lineage:
         config_hash, count, method, teachers = self._call(self.contract.functions.lineageOf(student_hash))

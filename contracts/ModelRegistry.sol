@@ -365,6 +365,10 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
         if (atts.length != paths.length) revert BatchLengthMismatch(atts.length, paths.length);
         if (atts.length != leaves.length) revert BatchLengthMismatch(atts.length, leaves.length);
         if (atts.length != proofs.length) revert BatchLengthMismatch(atts.length, proofs.length);
+        // A node attesting several models through one root sends its leaf with each; the leaf and root the
+        // previous attestation proved are not proven again (its proof and signature were checked just now).
+        bytes32 provenLeaf;
+        bytes32 provenRoot;
         for (uint256 i = 0; i < atts.length; ++i) {
             BatchedAttestation calldata a = atts[i];
             _checkBatchedAttestation(a, runId, deadline);
@@ -372,8 +376,11 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
             if (paths[i].length == 0) revert NotInLineage(a.modelHash, a.node); // a root is no model to attest
             bytes32 root = _walkLineage(a.modelHash, a.node, paths[i]);
             PublicationLeaf calldata leaf = leaves[i];
-            if (leaf.node != a.node || leaf.runId != runId || !_leafIncluded(root, leaf, proofs[i])) {
-                revert NotInLineage(a.modelHash, a.node);
+            if (leaf.node != a.node || leaf.runId != runId) revert NotInLineage(a.modelHash, a.node);
+            bytes32 leafHash = publicationLeafHash(leaf);
+            if (leafHash != provenLeaf || root != provenRoot) {
+                if (!_leafIncluded(root, leaf, leafHash, proofs[i])) revert NotInLineage(a.modelHash, a.node);
+                (provenLeaf, provenRoot) = (leafHash, root);
             }
             _storeAccuracy(a.modelHash, a.node, runId, a.accuracyBps, a.numExamples);
         }
@@ -390,7 +397,7 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
         view
         returns (bool)
     {
-        return _leafIncluded(root, leaf, proof);
+        return _leafIncluded(root, leaf, publicationLeafHash(leaf), proof);
     }
 
     /// @notice The hash a publication leaf has in a tree: keccak256(keccak256(abi.encode(leaf))).
@@ -399,7 +406,7 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
         return keccak256(bytes.concat(keccak256(abi.encode(leaf))));
     }
 
-    function _leafIncluded(bytes32 root, PublicationLeaf calldata leaf, bytes32[] calldata proof)
+    function _leafIncluded(bytes32 root, PublicationLeaf calldata leaf, bytes32 leafHash, bytes32[] calldata proof)
         private
         view
         returns (bool)
@@ -407,7 +414,7 @@ contract ModelRegistry is AccessControl, EIP712, Multicall {
         Model memory batch = _models[root];
         if (batch.kind != KIND_BATCH || batch.round != leaf.round) return false;
         if (leaf.kind == 0 || leaf.kind > KIND_GENERATOR) return false;
-        if (!MerkleProof.verifyCalldata(proof, root, publicationLeafHash(leaf))) return false;
+        if (!MerkleProof.verifyCalldata(proof, root, leafHash)) return false;
         bytes32 digest = _publishDigest(
             leaf.node, leaf.modelHash, leaf.kind, leaf.round, leaf.runId, leaf.uriHash, leaf.nonce, leaf.deadline
         );

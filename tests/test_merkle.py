@@ -1,5 +1,6 @@
 """Merkle roots of signed publications: the off-chain tree, the contract's checks, and every way a leaf is refused."""
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -52,6 +53,15 @@ def commit(d, leaves, tmp_path):
     return root, path, receipt
 
 
+def included(d, root, proven):
+    """Registry.publications_included (the root's record read, each leaf checked off-chain), asserted to agree
+    with the contract's own publicationIncluded view on every leaf."""
+    local = d.registry.publications_included(root, proven)
+    on_chain = d.registry.read_many("publicationIncluded", [(root, leaf.as_struct(), list(p)) for leaf, p in proven])
+    assert local == on_chain
+    return local
+
+
 def test_the_chain_and_the_proofs_file_agree_on_each_leaf_and_refuse_forgeries(deployed, tmp_path):
     d = deployed
     leaves = signed_leaves(d, [d.node, d.other_node, d.outsider])
@@ -62,7 +72,7 @@ def test_the_chain_and_the_proofs_file_agree_on_each_leaf_and_refuse_forgeries(d
     assert (record.kind, record.owner) == (KIND_BATCH, d.relayer.address)
     proven = read_proofs(path, root, d.registry.domain())
     assert {p.publication.model_hash for p in proven} == {x.publication.model_hash for x in leaves}
-    assert d.registry.publications_included(root, [(p.leaf, p.proof) for p in proven]) == [True] * 3
+    assert included(d, root, [(p.leaf, p.proof) for p in proven]) == [True] * 3
 
     good = next(p for p in proven if p.publication.node == d.node.address)
     deep = max(proven, key=lambda p: len(p.proof))  # two steps: reversed, they are another path
@@ -73,7 +83,8 @@ def test_the_chain_and_the_proofs_file_agree_on_each_leaf_and_refuse_forgeries(d
     unsent = Publication(**{**vars(good.publication), "model_hash": h("never committed")})
     missing = PublicationLeaf(unsent, sign(d.node, unsent, d.registry.domain()))  # signed, never put in the tree
     assert (
-        d.registry.publications_included(
+        included(
+            d,
             root,
             [
                 (forged, good.proof),
@@ -84,7 +95,7 @@ def test_the_chain_and_the_proofs_file_agree_on_each_leaf_and_refuse_forgeries(d
         )
         == [False] * 4
     )
-    assert d.registry.publications_included(h("no such root"), [(good.leaf, good.proof)]) == [False]
+    assert included(d, h("no such root"), [(good.leaf, good.proof)]) == [False]
 
     doc = json.loads(path.read_text())
     doc["leaves"][1]["model_hash"] = "0x" + h("swapped weights").hex()
@@ -145,6 +156,41 @@ def test_a_node_attests_through_a_root_only_with_its_own_leaf(deployed, tmp_path
         att = attestation(d, d.other_node, h("ens of root"), 7000)
         d.registry.attest_batch_through_roots(
             [att], [sign(d.other_node, att, d.registry.domain())], [[]], [theirs.leaf], [theirs.proof], d.relayer
+        )
+
+
+def test_a_leaf_proven_for_one_attestation_serves_the_next_of_its_node_only(deployed, tmp_path):
+    """Attestations through the same root in a row prove the node's leaf once: the next one of the same node
+    may carry it without a proof, another node may not pass it off as its own."""
+    d = deployed
+    root, path, _ = commit(d, signed_leaves(d, [d.node, d.other_node]), tmp_path)
+    for name in ("student of root", "average of root", "ensemble of root"):
+        d.registry.register_aggregate(h(name), RUN, 0, [root], name, 900, "", d.relayer)
+    proven = {p.publication.node: p for p in read_proofs(path, root)}
+    domain = d.registry.domain()
+
+    def atts(signer, models):
+        first = attestation(d, signer, h(models[0]), 8000)
+        return [dataclasses.replace(first, model_hash=h(m), nonce=first.nonce + i) for i, m in enumerate(models)]
+
+    mine = atts(d.node, ["student of root", "average of root"])
+    sigs = [sign(d.node, a, domain) for a in mine]
+    leaf = proven[d.node.address]
+    with pytest.raises(RegistryError, match=r"^NotInLineage\("):  # the first of a run is always proven
+        d.registry.attest_batch_through_roots(mine, sigs, [[0], [0]], [leaf.leaf] * 2, [[], []], d.relayer)
+    receipt = d.registry.attest_batch_through_roots(
+        mine, sigs, [[0], [0]], [leaf.leaf] * 2, [leaf.proof, []], d.relayer
+    )
+    assert len(d.registry.contract.events.AccuracyAttested().process_receipt(receipt)) == 2
+    both = atts(d.node, ["ensemble of root"]) + atts(d.other_node, ["ensemble of root"])
+    with pytest.raises(RegistryError, match=r"^NotInLineage\("):  # the leaf just proven is not the other node's
+        d.registry.attest_batch_through_roots(
+            both,
+            [sign(d.node, both[0], domain), sign(d.other_node, both[1], domain)],
+            [[0], [0]],
+            [leaf.leaf] * 2,
+            [leaf.proof, []],
+            d.relayer,
         )
 
 
