@@ -12,6 +12,7 @@ checked against the root and the node's EIP-712 signature before it is believed 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -199,7 +200,18 @@ def read_proofs(path: Path, root: bytes, domain: Domain | None = None) -> list[P
     Anything else is an ArtifactError naming the file and the leaf."""
     where = f"{path}"
     try:
-        doc = bounded_json(Path(path).read_bytes(), where)
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{where}: not a proofs file ({type(exc).__name__}: {exc})") from None
+    return list(_checked_proofs(raw, root, domain, where))
+
+
+@functools.lru_cache(maxsize=32)
+def _checked_proofs(raw: bytes, root: bytes, domain: Domain | None, where: str) -> tuple[ProvenLeaf, ...]:
+    """read_proofs' checks, once per content (the key is the file's bytes, so an edited file is checked again):
+    the explorer reads the same proofs files at every request, a thousand signatures each."""
+    try:
+        doc = bounded_json(raw, where)
         if not isinstance(doc, dict) or doc.get("root") != "0x" + root.hex():
             raise ArtifactError(f"{where}: not the proofs of root 0x{root.hex()}")
         proven = []
@@ -218,4 +230,4 @@ def read_proofs(path: Path, root: bytes, domain: Domain | None = None) -> list[P
         raise
     except Exception as exc:  # anything a malformed file makes json, hex, eth-abi or eth-keys raise
         raise ArtifactError(f"{where}: not a proofs file ({type(exc).__name__}: {exc})") from None
-    return proven
+    return tuple(proven)

@@ -102,6 +102,8 @@ def test_the_chain_and_the_proofs_file_agree_on_each_leaf_and_refuse_forgeries(d
     path.write_text(json.dumps(doc))
     with pytest.raises(ArtifactError, match=r"leaf 1 .* is not in root"):
         read_proofs(path, root)
+    with pytest.raises(ArtifactError, match=r"leaf 1 .* is not in root"):  # checked before: the edit is seen
+        read_proofs(path, root, d.registry.domain())
     doc["leaves"].reverse()
     doc["leaves"][0]["proof"] = list(reversed(doc["leaves"][0]["proof"]))
     with pytest.raises(ArtifactError, match="is not in root"):
