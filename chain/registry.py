@@ -13,11 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
 from eth_tester.exceptions import TransactionFailed
-from eth_typing import ChecksumAddress
-from eth_utils import collapse_if_tuple, keccak, to_checksum_address
+from eth_typing import ABIFunction, ChecksumAddress
+from eth_utils import collapse_if_tuple, function_abi_to_4byte_selector, keccak, to_checksum_address
 from web3 import Web3
+from web3._utils.transactions import fill_transaction_defaults  # what build_transaction fills a call with
+from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3Exception
 from web3.types import TxReceipt, Wei
 
@@ -176,7 +179,7 @@ class Registry:
             if len(chunk) == 1:
                 hashes.append(self.grant(*chunk[0], admin))
                 continue
-            calls = [self.contract.encode_abi("grantRole", [ROLES[role], account]) for role, account in chunk]
+            calls = [calldata(self._functions["grantRole"], [ROLES[role], account]) for role, account in chunk]
             tx = self._send(self.contract.functions.multicall(calls), admin)["transactionHash"].to_0x_hex()
             hashes += [tx] * len(chunk)
         return hashes
@@ -314,7 +317,7 @@ class Registry:
         results = []
         for start in range(0, len(args), batch_size):
             chunk = args[start : start + batch_size]
-            calls = [self.contract.encode_abi(function, list(a)) for a in chunk]
+            calls = [calldata(self._functions[function], a) for a in chunk]
             for raw in self._call(self.contract.functions.multicall(calls)):
                 (value,) = abi_decode(outputs, raw)
                 results.append(value)
@@ -394,6 +397,12 @@ def _batched_attestations(atts: Sequence[Attestation], signatures: Sequence[byte
 EMBEDDED_GAS_LIMIT = 30_000_000
 
 
+def calldata(abi: ABIFunction, args: Sequence) -> bytes:
+    """A call's data encoded by eth-abi directly: the same bytes as web3's encoder (tested), which first walks
+    every argument through its normalisers in Python (0.18 s for a batch of 100 attestations, 0.02 s here)."""
+    return function_abi_to_4byte_selector(abi) + abi_encode([collapse_if_tuple(i) for i in abi["inputs"]], list(args))
+
+
 def send(w3: Web3, fn, sender: LocalAccount) -> TxReceipt:
     """Sign locally with `sender` (works on any RPC), send, and wait for the receipt."""
     fields = {
@@ -403,7 +412,10 @@ def send(w3: Web3, fn, sender: LocalAccount) -> TxReceipt:
     }
     if is_embedded(w3):
         fields["gas"] = EMBEDDED_GAS_LIMIT
-    tx = fn.build_transaction(fields)
+    if isinstance(fn, ContractFunction) and not fn.kwargs:
+        tx = fill_transaction_defaults(w3, {**fields, "to": fn.address, "data": calldata(fn.abi, fn.args)})
+    else:  # a deployment
+        tx = fn.build_transaction(fields)
     signed = sender.sign_transaction(tx)
     tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
     receipt = _wait_for_receipt(w3, tx_hash)

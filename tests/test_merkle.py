@@ -196,6 +196,33 @@ def test_a_leaf_proven_for_one_attestation_serves_the_next_of_its_node_only(depl
         )
 
 
+def test_what_kdledger_sends_is_web3s_calldata_byte_for_byte(deployed, tmp_path):
+    """send and read_many encode with eth-abi directly: every shape the contract takes (tuples, arrays of
+    tuples, nested arrays, strings) comes out as web3's own encoder makes it."""
+    from chain.registry import _batched_attestations, calldata
+
+    d = deployed
+    root, path, _ = commit(d, signed_leaves(d, [d.node, d.other_node]), tmp_path)
+    proven = read_proofs(path, root)
+    att = attestation(d, d.node, h("a model"), 8100)
+    calls = {
+        "attestBatchThroughRoots": [
+            RUN,
+            att.deadline,
+            _batched_attestations([att], [sign(d.node, att, d.registry.domain())]),
+            [[0, 2]],
+            [p.leaf.as_struct() for p in proven],
+            [proven[0].proof, []],
+        ],
+        "commitPublications": [root, RUN, 0, 2, uri_of(RUN)],
+        "publicationIncluded": [root, proven[1].leaf.as_struct(), proven[1].proof],
+        "nonces": [d.node.address],
+    }
+    for name, args in calls.items():
+        fn = d.registry.contract.functions[name](*args)
+        assert calldata(fn.abi, fn.args) == bytes.fromhex(d.registry.contract.encode_abi(name, args)[2:]), name
+
+
 def test_a_root_of_1000_publications_costs_under_2000_gas_a_record(tmp_path):
     """Gas is deterministic: the commit of one root of 1 000 signed publications, amortised per record."""
     from chain.backends import connect
