@@ -276,13 +276,18 @@ class Registry:
         """attest_batch for models whose lineage reaches a root of publications: each path ends at a root,
         where the attesting node's leaf and its proof show that its data went in."""
         first, parts = atts[0], _batched_attestations(atts, signatures)
+        # the contract proves a leaf once for attestations in a row through the same root: no proof again
+        sent = [
+            [] if j and (leaf, proof) == (leaves[j - 1], proofs[j - 1]) else list(proof)
+            for j, (leaf, proof) in enumerate(zip(leaves, proofs, strict=True))
+        ]
         fn = self.contract.functions.attestBatchThroughRoots(
             first.run_id,
             first.deadline,
             parts,
             [list(p) for p in paths],
             [leaf.as_struct() for leaf in leaves],
-            [list(p) for p in proofs],
+            sent,
         )
         return self._send(fn, relayer)
 

@@ -68,9 +68,7 @@ class SignedAttestation:
         atts, sigs, paths = [i.attestation for i in batch], [i.signature for i in batch], [i.path for i in batch]
         proven = [i.leaf for i in batch if i.leaf is not None]
         if proven:
-            leaves = [p.leaf for p in proven]
-            # the contract proves a leaf once for a run of attestations through the same root: no proof again
-            proofs = [[] if j and p == proven[j - 1] else p.proof for j, p in enumerate(proven)]
+            leaves, proofs = [p.leaf for p in proven], [p.proof for p in proven]
             return registry.attest_batch_through_roots(atts, sigs, paths, leaves, proofs, relayer)
         if len(batch) == 1:
             return registry.attest(atts[0], sigs[0], relayer, paths[0])
