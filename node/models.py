@@ -289,6 +289,17 @@ class Ensemble(nn.Module):
             )
         self.register_buffer("weights", w / w.sum(0, keepdim=True).clamp_min(1e-12))
 
+    @classmethod
+    def weighted(cls, teachers: Sequence[Classifier | Ensemble], mode: str) -> Ensemble:
+        """Node teachers as one model, by a scenario's `federation.ensemble_weights`: per node and class by the
+        class histogram inside each verified teacher file ("label-counts": for each class, the nodes that saw
+        it speak for it), per node by its train size ("samples"), or uniformly."""
+        if mode == "label-counts":
+            return cls(teachers, [list(t.label_counts) for t in teachers])
+        if mode == "samples":
+            return cls(teachers, [float(sum(t.label_counts)) for t in teachers])
+        return cls(teachers)
+
     @property
     def teachers(self) -> list[Classifier | Ensemble]:
         return [cast(Classifier | Ensemble, m) for m in self.members]

@@ -186,14 +186,8 @@ class Coordinator:
         strategy.start(grid, ArrayRecord(self.initial_model().state_dict()), num_rounds=rounds)
 
     def ensemble(self, teachers: Sequence[Teacher]) -> Ensemble:
-        """The teachers as one model: logits weighted per node (train size, or uniform), or per node and class
-        by the class histogram inside each verified teacher file: for each class, the nodes that saw it speak for it."""
-        mode = self.federation.ensemble_weights
-        if mode == "label-counts":
-            return Ensemble(teachers, [list(t.label_counts) for t in teachers])
-        if mode == "samples":
-            return Ensemble(teachers, [float(sum(t.label_counts)) for t in teachers])
-        return Ensemble(teachers)
+        """The teachers as one model, weighted as the scenario says (Ensemble.weighted)."""
+        return Ensemble.weighted(teachers, self.federation.ensemble_weights)
 
     def initial_model(self) -> torch.nn.Module:
         """The common starting point every node's teacher trains from (the scenario's seed)."""

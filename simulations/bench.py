@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from node.artifacts import ArtifactStore, Expected, serialize
 from node.config import DataConfig
-from node.data import Split, load_dataset, spec_of
+from node.data import Split, load_dataset, node_splits, spec_of
 from node.dfkd import (
     METHODS,
     InputSpace,
@@ -38,9 +38,10 @@ from node.dfkd import (
     method_class,
     resolve_device,
 )
-from node.models import build_model
+from node.models import Ensemble, Teacher, build_model
 from node.training import accuracy, train_classifier
 from simulations.plots import sample_grid
+from simulations.privacy import node_teachers
 
 
 @dataclass
@@ -124,7 +125,7 @@ def machine() -> str:
 
 def cached_teacher(
     data: DataConfig, name: str, epochs: int, seed: int, train: Split, cache: Path, device: torch.device, progress
-) -> torch.nn.Module:
+) -> Teacher:
     """Train the teacher once; later runs load it by the hash of its configuration."""
     key = hashlib.sha256(
         json.dumps(
@@ -192,17 +193,37 @@ def bench_dfkd(
     checkpoints: Sequence[float] = (),
     student_share: float | None = None,
     samples_dir: Path | None = None,
+    teachers_from: Path | None = None,
     progress: Callable[[str, int, int], None] = lambda *a: None,
     on_row: Callable[[dict], None] = lambda result: None,
 ) -> dict:
     """Every method at every budget and seed; `on_row` gets the table so far after each row, so a stopped run
-    keeps its rows. `minutes` None means the loop's fixed samples and steps; a number, that wall-clock budget."""
+    keeps its rows. `minutes` None means the loop's fixed samples and steps; a number, that wall-clock budget.
+
+    `teachers_from`: a finished `kdledger run` directory whose node teachers, weighted as its scenario says,
+    are the teacher instead of one trained here (dataset, teacher and epochs then come from the run). A
+    method with a node side (GenKD's EBM) trains it on each node's own train split, recomputed from the
+    scenario as the node computed it; its node-side time is the sum over the nodes."""
     parsed = [parse_method(m) for m in methods]
+    nodes: list[tuple[Teacher, Split]] = []
+    if teachers_from is not None:
+        scenario, _, published = node_teachers(teachers_from)
+        dataset, data_path = scenario.data.dataset, scenario.data.path
+        teacher_name, teacher_epochs = f"{len(published)} {scenario.teacher.model}", scenario.teacher.epochs
+        nodes = [
+            (t, node_splits(scenario.data, row["partition"], scenario.nodes, scenario.seed)[0])
+            for row, _, t in published
+        ]
     data = DataConfig(dataset=dataset, path=data_path)
     spec = spec_of(dataset)
     train, test = bench_splits(data, evaluate_on)
     dev = resolve_device(device)
-    teacher = cached_teacher(data, teacher_name, teacher_epochs, seeds[0], train, cache, dev, progress).eval()
+    teacher: Teacher
+    if nodes:
+        teacher = Ensemble.weighted([t for t, _ in nodes], scenario.federation.ensemble_weights).eval()
+    else:
+        teacher = cached_teacher(data, teacher_name, teacher_epochs, seeds[0], train, cache, dev, progress).eval()
+        nodes = [(teacher, train)]
     teacher_acc = accuracy(teacher.cpu(), test)
     teacher.to(dev)
     space = InputSpace(spec.input_shape, *spec.bounds, flip=spec.flip)
@@ -217,6 +238,7 @@ def bench_dfkd(
             "device": str(dev),
             "dataset": dataset,
             "teacher": teacher_name,
+            "teachers_from": None if teachers_from is None else str(teachers_from),
             "student": student_name,
             "teacher_accuracy": teacher_acc,
             "teacher_epochs": teacher_epochs,
@@ -243,6 +265,7 @@ def bench_dfkd(
                         options,
                         label,
                         teacher,
+                        nodes,
                         train,
                         test,
                         spec,
@@ -296,6 +319,7 @@ def _one_run(
     options,
     label,
     teacher,
+    nodes: list[tuple[Teacher, Split]],
     train: Split,
     test: Split,
     spec,
@@ -313,17 +337,20 @@ def _one_run(
     student = build_model(student_name, spec.input_shape, spec.num_classes).to(dev)
     syn = build_synthesizer(name, teacher, student, space, options, seed=seed, device=dev)
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    node_models = method_class(name).node_side(
-        teacher,
-        build_model(student_name, spec.input_shape, spec.num_classes).to(dev),
-        train.x.to(dev),
-        train.y.to(dev),
-        options,
-        seed=seed,
-        space=space,
-    )
+    node_models = [
+        method_class(name).node_side(
+            own.to(dev),
+            build_model(student_name, spec.input_shape, spec.num_classes).to(dev),
+            data.x.to(dev),
+            data.y.to(dev),
+            options,
+            seed=seed,
+            space=space,
+        )
+        for own, data in nodes
+    ]
     node_s, node_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    variant = syn.use_node_models([node_models], [1.0])
+    variant = syn.use_node_models(node_models, [float(len(data)) for _, data in nodes])
     if name == "kd":
         syn.use_real_data(train.x)
     tag = label + (f" {budget:g}min" if budget else "") + f" s{seed}"
@@ -361,7 +388,12 @@ def to_markdown(result: dict, command: str) -> str:
         f"`{command}`",
         "",
         f"{result['date']}, {result['machine']}, device {result['device']}. {result['dataset']}: teacher "
-        f"{result['teacher']} ({result['teacher_epochs']} epochs, {100 * result['teacher_accuracy']:.2f}% on the "
+        + (
+            f"the ensemble of the node teachers of {result['teachers_from']} ({result['teacher']}, "
+            if result.get("teachers_from")
+            else f"{result['teacher']} ("
+        )
+        + f"{result['teacher_epochs']} epochs, {100 * result['teacher_accuracy']:.2f}% on the "
         f"{result['evaluated_on']} images), student {result['student']}. Student loop: up to {loop['samples']} "
         f"synthetic samples and {loop['steps']} SGD steps (lr {loop['lr']}, batch {loop['batch_size']}, T "
         f"{loop['temperature']}, augment {loop['augment']}, balanced {loop['balanced']}, EMA {loop['ema']}, "

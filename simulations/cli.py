@@ -642,6 +642,13 @@ def bench_dfkd_command(
         "--evaluate-on",
         help="test, or validation (the last 10 000 training images: for choosing settings without the test split)",
     ),
+    teachers_from: Optional[Path] = typer.Option(
+        None,
+        "--teachers-from",
+        help="a finished kdledger run directory: distil from its node teachers' ensemble (weighted as its "
+        "scenario says) instead of one teacher trained here; --dataset, --teacher and --teacher-epochs are "
+        "then the run's",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     out: Path = typer.Option(Path("runs/bench-dfkd"), "--out", help="where bench.md, bench.json and samples/ go"),
     cache: Path = typer.Option(
@@ -688,6 +695,7 @@ def bench_dfkd_command(
                 checkpoints=numbers(checkpoints),
                 student_share=student_share,
                 samples_dir=out / "samples",
+                teachers_from=teachers_from,
                 progress=progress,
                 on_row=write,
             )

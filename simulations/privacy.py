@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
@@ -30,6 +31,9 @@ from node.artifacts import (
 from node.data import node_splits, spec_of
 from node.models import Classifier
 from node.privacy import inversion_closeness, membership_inference
+
+if TYPE_CHECKING:
+    from simulations.scenario import Scenario
 
 SYNTHETIC_FILE = "synthetic.safetensors"
 MAX_SYNTHETIC = 2048  # bounded: enough for nearest-neighbour statistics, a few MB at 28x28
@@ -81,7 +85,7 @@ def epsilon_text(privacy: PrivacySpent | dict | None) -> str:
     return f"{p['epsilon']:.2f} (δ {p['delta']:g})"
 
 
-def load_run(run_dir: Path):
+def load_run(run_dir: Path) -> tuple[Scenario, dict]:
     """The scenario as it ran and its metrics.json."""
     from simulations.scenario import Scenario
 
@@ -94,24 +98,34 @@ def load_run(run_dir: Path):
     return scenario, metrics
 
 
+def node_teachers(run_dir: Path) -> tuple[Scenario, dict, list[tuple[dict, bytes, Classifier]]]:
+    """A run's scenario, its metrics, and per node that published one: its metrics row, its teacher file's
+    bytes and the teacher, each file checked against the hash the run recorded before it is parsed."""
+    scenario, metrics = load_run(run_dir)
+    spec = spec_of(scenario.data.dataset)
+    expected = Expected((scenario.teacher.model,), spec.input_shape, spec.num_classes)
+    store = run_store(run_dir)
+    teachers = []
+    for row in metrics["nodes"]:
+        if row.get("teacher_hash"):
+            model_hash = bytes.fromhex(row["teacher_hash"])
+            blob = store.get(model_hash, owner=f"node {row['node']}")
+            teacher = deserialize(blob, model_hash, expected, owner=f"node {row['node']}")
+            assert isinstance(teacher, Classifier)
+            teachers.append((row, blob, teacher))
+    return scenario, metrics, teachers
+
+
 def measure_run(run_dir: Path, progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """Per node: its teacher's published privacy, the membership attack on it and the inversion closeness of
     the run's synthetic inputs to its data. Written to RUN_DIR/privacy.json."""
     run_dir = Path(run_dir)
-    scenario, metrics = load_run(run_dir)
-    spec = spec_of(scenario.data.dataset)
-    expected = Expected((scenario.teacher.model,), spec.input_shape, spec.num_classes)
     synthetic = load_synthetic(run_dir)
-    store = run_store(run_dir)
-    nodes = [row for row in metrics["nodes"] if row.get("teacher_hash")]
+    scenario, _, nodes = node_teachers(run_dir)
     rows = []
-    for done, row in enumerate(nodes, 1):
-        model_hash = bytes.fromhex(row["teacher_hash"])
-        blob = store.get(model_hash, owner=f"node {row['node']}")
-        teacher = deserialize(blob, model_hash, expected, owner=f"node {row['node']}")
-        assert isinstance(teacher, Classifier)
+    for done, (row, blob, teacher) in enumerate(nodes, 1):
         train, test = node_splits(scenario.data, row["partition"], scenario.nodes, scenario.seed)
-        privacy = published_privacy(blob, model_hash)
+        privacy = published_privacy(blob, bytes.fromhex(row["teacher_hash"]))
         rows.append(
             {
                 "node": row["node"],

@@ -171,3 +171,44 @@ def test_bench_scale_times_each_node_count_and_the_chain_share(tmp_path):
         assert Web3(Web3.HTTPProvider(net.rpc_url)).eth.block_number >= result["rows"][0]["transactions"]
     finally:
         net.stop()
+
+
+def test_bench_distils_from_the_node_teachers_of_a_run(quickstart_runs, tmp_path):
+    """--teachers-from: the run's verified node teachers as its ensemble; a node-side method trains on each
+    node's own split; a teacher file that is not what the run recorded is refused with one line."""
+    import shutil
+
+    from conftest import QUICKSTART_NODES
+
+    from node.dfkd import StudentLoop
+    from simulations.bench import bench_dfkd, to_markdown
+
+    run = tmp_path / "run"
+    shutil.copytree(quickstart_runs[0][0], run)
+    result = bench_dfkd(
+        dataset="fashion-mnist",  # the run's dataset (digits) wins
+        data_path=None,
+        teacher_name="lenet5-bn",
+        student_name="digits-cnn-half-bn",
+        methods=["fast:iterations=2", "genkd:node_iterations=2,sgld_steps=2,k=2,burn_in=2"],
+        loop=StudentLoop(samples=64, steps=8, batch_size=32),
+        teacher_epochs=1,
+        seeds=[0],
+        minutes=[None],
+        device="cpu",
+        cache=tmp_path / "cache",
+        teachers_from=run,
+    )
+    assert result["dataset"] == "digits" and result["teacher"] == f"{QUICKSTART_NODES} digits-cnn-bn"
+    assert 0.5 < result["teacher_accuracy"] <= 1
+    fast, genkd = result["rows"]
+    assert fast["variant"] == "bn-inversion" and fast["samples"] == 64 and fast["student_steps"] == 8
+    assert genkd["variant"] == "published-ebm" and genkd["node_s"] > 0  # every node trained its EBM
+    assert "the ensemble of the node teachers of" in to_markdown(result, "cmd")
+    assert not list((tmp_path / "cache").glob("teacher-*.json"))  # no teacher of its own was trained
+    metrics = json.loads((run / "metrics.json").read_text())
+    victim = next(run.glob(f"store/*/*/{metrics['nodes'][0]['teacher_hash']}.safetensors"))
+    victim.write_bytes(victim.read_bytes()[:-1] + bytes([victim.read_bytes()[-1] ^ 1]))
+    done = kdledger("bench", "dfkd", "--teachers-from", str(run), "--methods", "noise", "--out", str(tmp_path / "o"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-1500:]
+    assert f"artifact from node {metrics['nodes'][0]['node']} does not match its on-chain hash" in done.stderr
