@@ -201,7 +201,8 @@ def bench_dfkd(
     keeps its rows. `minutes` None means the loop's fixed samples and steps; a number, that wall-clock budget.
 
     `teachers_from`: a finished `kdledger run` directory whose node teachers, weighted as its scenario says,
-    are the teacher instead of one trained here (dataset, teacher and epochs then come from the run). A
+    are the teacher instead of one trained here (dataset, teacher and epochs then come from the run, and the
+    student too where `student_name` is empty). A
     method with a node side (GenKD's EBM) trains it on each node's own train split, recomputed from the
     scenario as the node computed it; its node-side time is the sum over the nodes."""
     parsed = [parse_method(m) for m in methods]
@@ -210,6 +211,7 @@ def bench_dfkd(
         scenario, _, published = node_teachers(teachers_from)
         dataset, data_path = scenario.data.dataset, scenario.data.path
         teacher_name, teacher_epochs = f"{len(published)} {scenario.teacher.model}", scenario.teacher.epochs
+        student_name = student_name or scenario.distill.student
         nodes = [
             (t, node_splits(scenario.data, row["partition"], scenario.nodes, scenario.seed)[0])
             for row, _, t in published

@@ -607,7 +607,9 @@ def bench_dfkd_command(
     dataset: str = typer.Option("fashion-mnist", "--dataset"),
     data_path: Optional[Path] = typer.Option(None, "--data-path", help="folder of the dataset's files"),
     teacher: str = typer.Option("lenet5-bn", "--teacher"),
-    student: str = typer.Option("lenet5-half-bn", "--student"),
+    student: Optional[str] = typer.Option(
+        None, "--student", help="default: lenet5-half-bn, or with --teachers-from the run's student"
+    ),
     methods: str = typer.Option(
         "noise,fast,kd",
         "--methods",
@@ -683,7 +685,7 @@ def bench_dfkd_command(
                 dataset=dataset,
                 data_path=data_path,
                 teacher_name=teacher,
-                student_name=student,
+                student_name=student or ("" if teachers_from else "lenet5-half-bn"),
                 methods=specs,
                 loop=loop,
                 teacher_epochs=teacher_epochs,

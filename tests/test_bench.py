@@ -189,7 +189,7 @@ def test_bench_distils_from_the_node_teachers_of_a_run(quickstart_runs, tmp_path
         dataset="fashion-mnist",  # the run's dataset (digits) wins
         data_path=None,
         teacher_name="lenet5-bn",
-        student_name="digits-cnn-half-bn",
+        student_name="",  # the run's
         methods=["fast:iterations=2", "genkd:node_iterations=2,sgld_steps=2,k=2,burn_in=2"],
         loop=StudentLoop(samples=64, steps=8, batch_size=32),
         teacher_epochs=1,
@@ -200,6 +200,7 @@ def test_bench_distils_from_the_node_teachers_of_a_run(quickstart_runs, tmp_path
         teachers_from=run,
     )
     assert result["dataset"] == "digits" and result["teacher"] == f"{QUICKSTART_NODES} digits-cnn-bn"
+    assert result["student"] == "digits-cnn-half-bn"
     assert 0.5 < result["teacher_accuracy"] <= 1
     fast, genkd = result["rows"]
     assert fast["variant"] == "bn-inversion" and fast["samples"] == 64 and fast["student_steps"] == 8
