@@ -120,8 +120,8 @@ def measure_run(run_dir: Path, progress: Callable[[int, int], None] = lambda don
     """Per node: its teacher's published privacy, the membership attack on it and the inversion closeness of
     the run's synthetic inputs to its data. Written to RUN_DIR/privacy.json."""
     run_dir = Path(run_dir)
-    synthetic = load_synthetic(run_dir)
     scenario, _, nodes = node_teachers(run_dir)
+    synthetic = load_synthetic(run_dir)
     rows = []
     for done, (row, blob, teacher) in enumerate(nodes, 1):
         train, test = node_splits(scenario.data, row["partition"], scenario.nodes, scenario.seed)
