@@ -181,7 +181,7 @@ def bench_dfkd(
     dataset: str,
     data_path: Path | None,
     teacher_name: str,
-    student_name: str,
+    student_name: str | None,
     methods: list[str],
     loop: StudentLoop,
     teacher_epochs: int,
@@ -202,20 +202,20 @@ def bench_dfkd(
 
     `teachers_from`: a finished `kdledger run` directory whose node teachers, weighted as its scenario says,
     are the teacher instead of one trained here (dataset, teacher and epochs then come from the run, and the
-    student too where `student_name` is empty). A
+    student too where `student_name` is not given). A
     method with a node side (GenKD's EBM) trains it on each node's own train split, recomputed from the
     scenario as the node computed it; its node-side time is the sum over the nodes."""
     parsed = [parse_method(m) for m in methods]
     nodes: list[tuple[Teacher, Split]] = []
     if teachers_from is not None:
-        scenario, _, published = node_teachers(teachers_from)
+        scenario, published = node_teachers(teachers_from)
         dataset, data_path = scenario.data.dataset, scenario.data.path
         teacher_name, teacher_epochs = f"{len(published)} {scenario.teacher.model}", scenario.teacher.epochs
-        student_name = student_name or scenario.distill.student
         nodes = [
             (t, node_splits(scenario.data, row["partition"], scenario.nodes, scenario.seed)[0])
             for row, _, t in published
         ]
+    student_name = student_name or (scenario.distill.student if teachers_from else "lenet5-half-bn")
     data = DataConfig(dataset=dataset, path=data_path)
     spec = spec_of(dataset)
     train, test = bench_splits(data, evaluate_on)

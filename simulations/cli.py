@@ -685,7 +685,7 @@ def bench_dfkd_command(
                 dataset=dataset,
                 data_path=data_path,
                 teacher_name=teacher,
-                student_name=student or ("" if teachers_from else "lenet5-half-bn"),
+                student_name=student,
                 methods=specs,
                 loop=loop,
                 teacher_epochs=teacher_epochs,

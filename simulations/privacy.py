@@ -98,8 +98,8 @@ def load_run(run_dir: Path) -> tuple[Scenario, dict]:
     return scenario, metrics
 
 
-def node_teachers(run_dir: Path) -> tuple[Scenario, dict, list[tuple[dict, bytes, Classifier]]]:
-    """A run's scenario, its metrics, and per node that published one: its metrics row, its teacher file's
+def node_teachers(run_dir: Path) -> tuple[Scenario, list[tuple[dict, bytes, Classifier]]]:
+    """A run's scenario and, per node that published one: its metrics row, its teacher file's
     bytes and the teacher, each file checked against the hash the run recorded before it is parsed."""
     scenario, metrics = load_run(run_dir)
     spec = spec_of(scenario.data.dataset)
@@ -113,14 +113,14 @@ def node_teachers(run_dir: Path) -> tuple[Scenario, dict, list[tuple[dict, bytes
             teacher = deserialize(blob, model_hash, expected, owner=f"node {row['node']}")
             assert isinstance(teacher, Classifier)
             teachers.append((row, blob, teacher))
-    return scenario, metrics, teachers
+    return scenario, teachers
 
 
 def measure_run(run_dir: Path, progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """Per node: its teacher's published privacy, the membership attack on it and the inversion closeness of
     the run's synthetic inputs to its data. Written to RUN_DIR/privacy.json."""
     run_dir = Path(run_dir)
-    scenario, _, nodes = node_teachers(run_dir)
+    scenario, nodes = node_teachers(run_dir)
     synthetic = load_synthetic(run_dir)
     rows = []
     for done, (row, blob, teacher) in enumerate(nodes, 1):
