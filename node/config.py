@@ -95,6 +95,19 @@ class DistillConfig(StudentLoop):
         "(faster, the hash then depends on the core count)",
     )
     options: dict = Field(default_factory=dict, description="the method's own settings (see docs/configuration.md)")
+    init: Literal["random", "fedavg-once"] = Field(
+        "random",
+        description="the student's starting weights: random, or the nodes' teachers averaged once (FedDF's start; "
+        "one-shot, with the teachers' architecture as student); the average is then part of the student's lineage",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_random_init(self, handler):
+        # A scenario with a random start dumps as it did before `init` existed: same config hash, same task.
+        dumped = handler(self)
+        if self.init == "random":
+            dumped.pop("init", None)
+        return dumped
 
 
 class FederationConfig(Strict):

@@ -52,6 +52,7 @@ def distill_student(
     seed: int,
     progress: Callable[[str, int, int], None] | None = None,
     signing_key: str | None = None,
+    start: torch.nn.Module | None = None,
 ) -> tuple[bytes, DistillResult, dict]:
     """The student's bytes, the run's record, and what ran: the method's variant (e.g. GenKD with published
     EBMs), its options with every default filled in, the device, the thread count and torch's version:
@@ -60,13 +61,16 @@ def distill_student(
     `node_models` holds, per node, its verified teacher and whatever else it published for the method;
     `teacher` is what the student learns from (one node's teacher, the global one, or the nodes' ensemble);
     `shares` are the nodes' shares of the data, for methods that synthesise per node;
-    `signing_key`: the fingerprint of the distiller's signing key, written into the student's file (node/signing.py).
+    `signing_key`: the fingerprint of the distiller's signing key, written into the student's file (node/signing.py);
+    `start`: a model of the student's architecture whose weights the student starts from (`distill.init`).
     """
     device = resolve_device(cfg.device)
     with reproducible(device, cfg.threads):
         torch.manual_seed(seed)
         teacher = teacher.to(device)
         student = build_model(cfg.student, spec.input_shape, spec.num_classes).to(device)
+        if start is not None:
+            student.load_state_dict(start.state_dict())
         space = InputSpace(spec.input_shape, *spec.bounds, flip=spec.flip)
         synthesizer = build_synthesizer(cfg.method, teacher, student, space, cfg.options, seed=seed, device=device)
         if cfg.method == "public":  # FedDF's baseline: the distiller's own unlabeled set

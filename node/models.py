@@ -300,6 +300,10 @@ class Ensemble(nn.Module):
             return cls(teachers, [float(sum(t.label_counts)) for t in teachers])
         return cls(teachers)
 
+    def subset(self, indices: Sequence[int]) -> Ensemble:
+        """The ensemble of some members, each class's weights renormalised over them."""
+        return Ensemble([self.members[i] for i in indices], self.weights[list(indices)])
+
     @property
     def teachers(self) -> list[Classifier | Ensemble]:
         return [cast(Classifier | Ensemble, m) for m in self.members]

@@ -211,6 +211,11 @@ class Coordinator:
             sources = self.on_chain([h for r in nodes for h in r.published.values()])
             teacher = self.ensemble([m["teacher"] for m in loaded]) if len(loaded) > 1 else loaded[0]["teacher"]
             shares = [float(r.num_train) for r in nodes]
+        start = None
+        if self.distill.init == "fedavg-once":  # FedDF's start: the average, which then joins the lineage
+            average = self.ledger.aggregates["fedavg-once"]
+            start = self.store.load(average, self.expected, owner="the coordinator's aggregate")
+            sources = self.on_chain([*sources, average])
         blob, result, as_run = distill_student(
             loaded,
             teacher,
@@ -220,6 +225,7 @@ class Coordinator:
             seed=self.seed,
             progress=lambda stage, done, total: self.progress(f"distill:{stage}", done, total),
             signing_key=self.key_id(self.distiller),
+            start=start,
         )
         # the configuration as it ran (variant, effective options, device, threads) is what the chain's hash covers
         self.config_document = {**self.config, "as_run": as_run}

@@ -123,6 +123,8 @@ class Scenario(Strict):
             raise ValueError(
                 "federation.seal_artifacts: fedavg aggregates plaintext updates; sealing is for one-shot runs"
             )
+        if self.distill.init == "fedavg-once":
+            self._check_fedavg_start()
         if self.distill.method == "deepinversion" and not has_batch_norm(self.teacher.model):
             raise ValueError(
                 f"distill.method: deepinversion matches BatchNorm statistics, and {self.teacher.model} has none"
@@ -145,6 +147,19 @@ class Scenario(Strict):
         if self.chain.registry and not self.chain.rpc_url:
             raise ValueError("chain.registry: reusing a registry needs chain.rpc_url (the embedded chain starts empty)")
         return self
+
+    def _check_fedavg_start(self) -> None:
+        """A student started from the teachers' average needs that average, in its own architecture."""
+        if self.federation.mode != "one-shot" or self.nodes < 2 or not self.federation.evaluate_fedavg_once:
+            raise ValueError(
+                "distill.init: fedavg-once starts from the teachers averaged once, which needs a one-shot run of "
+                "two or more nodes with federation.evaluate_fedavg_once"
+            )
+        if self.distill.student != self.teacher.model:
+            raise ValueError(
+                f"distill.init: fedavg-once averages {self.teacher.model} teachers, so distill.student must be "
+                f"{self.teacher.model}, not {self.distill.student}"
+            )
 
     def _check_private(self) -> None:
         """DP-SGD as configured, or one line saying why not: never a silent substitution."""

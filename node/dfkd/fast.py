@@ -23,7 +23,11 @@ Choices, written down:
   cross-entropy. Every node's statistics describe its own data, and no single batch can match five
   skewed histograms at once (summing every member's BN distances, as DENSE does, asks for exactly
   that); node by node, the bank becomes the union of the nodes' data, as a pooled dataset would be.
-  The adversarial term uses the whole ensemble, which is what the student is taught.
+  The adversarial term uses the whole ensemble, which is what the student is taught; with many
+  nodes (`adversarial_members`) a random subset of it, drawn for each batch: that term reads every
+  member it uses at each of a batch's optimisation steps, which at 100 nodes is nearly all of the
+  synthesis time, while the subset's renormalised mean estimates the ensemble's logits (exactly in
+  expectation when the weights are uniform) and the student is still relabelled by every member.
 - A teacher without BN has no statistics to match: then a conditional generator (latent + class,
   output mapped onto the data range) persists across steps and is trained with the cross-entropy,
   the adversarial term and DAFL's batch class-balance entropy, as DAFL/DFAD do.
@@ -69,6 +73,12 @@ class FastOptions(Options):
     )
     ce_weight: float = Field(1.0, ge=0, description="weight of the teacher's cross-entropy to the target class")
     adversarial: float = Field(0.5, ge=0, description="weight of the masked teacher-student disagreement")
+    adversarial_members: int = Field(
+        0,
+        ge=0,
+        description="members of an ensemble the adversarial term reads, drawn afresh for each synthesised "
+        "batch (their weights renormalised); 0: every member",
+    )
     tv_weight: float = Field(0.0, ge=0, description="total variation prior")
     jitter: bool = Field(True, description="random shifts (and mirroring where the data allows) while optimising")
     meta: float = Field(
@@ -95,6 +105,7 @@ class FastInversion(Synthesizer):
         self.shares = [1.0] * len(self.members)
         self.made = [0] * len(self.members)
         self.jitter = Augment(2 if o.jitter else 0, o.jitter and self.space.flip, self.space.low, self.generator)
+        self.taught = self.teacher  # what the adversarial term reads (a subset of an ensemble, if asked)
         self.conditional = None
         channels, height, width = self.space.shape
         downscale = o.downscale or (2 if min(height, width) >= 16 else 1)
@@ -144,7 +155,7 @@ class FastInversion(Synthesizer):
             logits = self.teacher(seen)
             loss = o.ce_weight * F.cross_entropy(logits, targets) + o.entropy_weight * negative_entropy_of_mean(logits)
         if o.adversarial:
-            taught = logits if len(self.members) == 1 or self.conditional is not None else self.teacher(seen)
+            taught = logits if len(self.members) == 1 or self.conditional is not None else self.taught(seen)
             loss = loss + o.adversarial * agreement_disagreement(taught, self.student(seen))
         if o.tv_weight:
             loss = loss + o.tv_weight * total_variation(x)
@@ -157,6 +168,9 @@ class FastInversion(Synthesizer):
         i = self._next_member()
         self.made[i] += n
         targets = self._targets(i, n)
+        if isinstance(self.teacher, Ensemble) and 0 < o.adversarial_members < len(self.members):
+            drawn = torch.randperm(len(self.members), generator=self.generator)[: o.adversarial_members]
+            self.taught = self.teacher.subset(drawn.tolist())
         start = (o.init_std * torch.randn((n, *self.templates.shape[1:]), generator=self.generator)).to(self.device)
         if o.meta:
             start = start + self.templates[targets]
