@@ -163,6 +163,8 @@ def test_ensemble_weights_per_class_let_the_nodes_that_saw_a_class_speak_for_it(
     assert torch.allclose(Ensemble([a, b], [3.0, 1.0])(x), 0.75 * a(x) + 0.25 * b(x), atol=1e-6)
     logits, features = ens.logits_and_features(x)
     assert torch.allclose(logits, out) and features.shape[1] == 2 * a.features(x).shape[1]
+    only_b = ens.subset([1])  # the members' weights renormalised: b alone speaks for every class, 3 included
+    assert torch.allclose(only_b(x), b(x), atol=1e-6) and torch.allclose(ens.subset([0, 1])(x), out)
 
 
 # -- every method, through the registry ----------------------------------------------------------------
@@ -171,7 +173,7 @@ OPTIONS = {
     "kd": {},
     "fast": {"iterations": 2},
     "deepinversion": {"iterations": 2},
-    "dafl": {"batch_size": 8},
+    "dafl": {"batch_size": 8, "width": 16},
     "minkowski": {"batch_size": 8},
     "zskd": {"iterations": 2},
     "softtarget": {"iterations": 2},
@@ -255,6 +257,31 @@ def test_fast_reads_the_student_and_balances_its_targets():
     assert syn.variant == "bn-inversion"
     plain, student = nets()
     assert build_synthesizer("fast", plain, student, DIGITS, {}, seed=0, device=CPU).variant == "generator"
+
+
+def test_fast_adversarial_members_read_a_fresh_subset_of_the_ensemble_each_batch():
+    members = [lenet_bn(seed) for seed in range(4)]
+    ensemble = Ensemble(members)
+    torch.manual_seed(5)
+    student = build_model("lenet5-half-bn", (1, 28, 28), 10)
+    every = build_synthesizer("fast", ensemble, student, FMNIST, {"iterations": 1}, seed=0, device=CPU)
+    every.step(8)
+    assert every.taught is ensemble
+    some = build_synthesizer(
+        "fast", ensemble, student, FMNIST, {"iterations": 1, "adversarial_members": 2}, seed=0, device=CPU
+    )
+    drawn = []
+    for _ in range(6):
+        some.step(8)
+        assert len(some.taught.members) == 2
+        drawn.append(frozenset(id(m) for m in some.taught.members))
+    assert len(set(drawn)) > 1 and set().union(*drawn) <= {id(m) for m in members}
+    x = (torch.rand(8, 1, 28, 28) * 2 - 1).requires_grad_(True)
+    some.jitter.generator.manual_seed(3)
+    (g_some,) = torch.autograd.grad(some.objective(x, some.balanced_labels(8)), x)
+    every.jitter.generator.manual_seed(3)
+    (g_every,) = torch.autograd.grad(every.objective(x, every.balanced_labels(8)), x)
+    assert not torch.allclose(g_some, g_every)  # the subset, not the whole ensemble, is what the term read
 
 
 def test_distill_trains_the_student_towards_the_teacher_and_repeats_exactly():

@@ -54,3 +54,22 @@ def test_unpinned_threads_change_the_student_so_the_pin_is_what_keeps_it():
     """The control: with every core (threads 0) the same seed gives other bits at another thread count."""
     cfg = quickstart_distill(threads=0)
     assert student_bytes(cfg, 1) != student_bytes(cfg, 2)
+
+
+def test_a_start_model_is_where_the_student_begins():
+    """distill.init: with a vanishing learning rate the student ends where it started, the given weights."""
+    from node.artifacts import Expected, deserialize, sha256
+
+    cfg = quickstart_distill(student="digits-cnn-bn", lr=1e-9, steps=2, samples=128)
+    members = teachers()
+    start = members[1]
+    blob, _, _ = distill_student(
+        [{"teacher": t} for t in members], Ensemble(members), [1.0, 1.0], cfg, spec_of("digits"), seed=0, start=start
+    )
+    student = deserialize(blob, sha256(blob), Expected(("digits-cnn-bn",), (1, 8, 8), 10))
+    weights = {k: v for k, v in start.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert all(torch.allclose(student.state_dict()[k], v, atol=1e-5) for k, v in weights.items())
+    fresh, _, _ = distill_student(
+        [{"teacher": t} for t in members], Ensemble(members), [1.0, 1.0], cfg, spec_of("digits"), seed=0
+    )
+    assert fresh != blob

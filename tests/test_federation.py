@@ -72,6 +72,19 @@ def test_fedavg_rounds_register_updates_and_aggregates_and_replies_carry_no_data
     assert agg["kind"] == "aggregate" and {t["round"] for t in agg["teachers"]} == {2}
 
 
+def test_a_student_started_from_the_average_names_it_in_its_lineage(tmp_path):
+    distill = {**SMALL["distill"], "student": "digits-cnn", "init": "fedavg-once"}
+    result = run_scenario(scenario("init-ci", 2, distill=distill), tmp_path / "run")
+    events = result.events
+    (average,) = [e["args"]["modelHash"] for e in events if e["event"] == "AggregateRegistered"]
+    (student,) = [e for e in events if e["event"] == "StudentCommitted"]
+    teachers = [e["args"]["modelHash"] for e in events if e["event"] == "TeacherRegistered"]
+    assert student["args"]["teacherHashes"] == [*teachers, average]
+    done = kdledger("lineage", student["args"]["modelHash"], "--run", str(tmp_path / "run"), "--json")
+    (tree,) = json.loads(done.stdout)
+    assert [t["kind"] for t in tree["teachers"]].count("aggregate") == 1
+
+
 def test_failing_nodes_do_not_stop_the_run_and_get_nothing_registered(tmp_path):
     spec = scenario("faults-ci", 4, faults={"train": [1], "evaluate": [2]}, federation={"min_nodes": 2})
     result = run_scenario(spec, tmp_path / "run")

@@ -19,6 +19,10 @@ QUICK = "name: q\nnodes: 2\n"
         (QUICK + "chain: {rpc_url: 'http://127.0.0.1:1', data_nodes: ['0x" + "11" * 20 + "']}\n", "2 nodes"),
         (QUICK + "chain: {data_nodes: ['0x" + "11" * 20 + "', '0x" + "22" * 20 + "']}\n", "need chain.rpc_url"),
         (QUICK + "chain: {rpc_url: 'http://127.0.0.1:1', data_nodes: ['0x12', '0x34']}\n", "not an Ethereum address"),
+        (QUICK + "distill: {init: fedavg-once}\n", "distill.student must be digits-cnn"),
+        (QUICK + "federation: {mode: fedavg}\ndistill: {init: fedavg-once, student: digits-cnn}\n", "distill.init"),
+        (QUICK.replace("nodes: 2", "nodes: 1") + "distill: {init: fedavg-once, student: digits-cnn}\n", "two or more"),
+        (QUICK + "distill: {init: average}\n", "distill.init"),
     ],
 )
 def test_bad_scenario_short_error(tmp_path, text, names):
