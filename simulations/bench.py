@@ -586,3 +586,64 @@ def scale_markdown(result: dict, command: str) -> str:
             f"| {r['peak_rss_mib']:,.0f} | {acc} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def heldout_accuracies(run_dir: Path, test: Split | None = None) -> dict:
+    """A finished run's stored models on its dataset's test split, which no node holds (or on `test`): the
+    nodes' teachers (their mean), their ensemble as the distiller weighed it, the teachers averaged once, and
+    the student. For runs too large for the nodes to attest the ensemble; every file is checked against the
+    hash the run recorded before it is parsed."""
+    from chain.errors import ConfigError
+    from simulations.privacy import load_run, run_store
+
+    scenario, teachers = node_teachers(run_dir)
+    _, metrics = load_run(run_dir)
+    if len(teachers) < 2:
+        raise ConfigError(f"{run_dir}: {len(teachers)} node teacher(s) in metrics.json; an ensemble needs two")
+    if test is None:
+        if scenario.data.dataset == "digits":
+            raise ConfigError(f"{run_dir}: digits has no test split apart from what its nodes partition")
+        _, test = bench_splits(scenario.data, "test")
+    spec = spec_of(scenario.data.dataset)
+    store = run_store(run_dir)
+
+    def stored(h: str, arch: str, what: str):
+        model_hash = bytes.fromhex(h.removeprefix("0x"))
+        return store.load(model_hash, Expected((arch,), spec.input_shape, spec.num_classes), owner=f"{run_dir} {what}")
+
+    models = [t for _, _, t in teachers]
+    with torch.no_grad():
+        each = [accuracy(t, test) for t in models]
+        result = {
+            "run": str(run_dir),
+            "test_images": len(test),
+            "teachers_mean": sum(each) / len(each),
+            "ensemble": accuracy(Ensemble.weighted(models, scenario.federation.ensemble_weights), test),
+        }
+        average = metrics.get("aggregates", {}).get("fedavg-once")
+        if average:
+            result["fedavg_once"] = accuracy(stored(average, scenario.teacher.model, "average"), test)
+        if metrics.get("student_hash"):
+            result["student"] = accuracy(stored(metrics["student_hash"], scenario.distill.student, "student"), test)
+    return result
+
+
+def heldout_markdown(rows: list[dict], command: str) -> str:
+    def pct(row: dict, key: str) -> str:
+        return f"{100 * row[key]:.2f}" if key in row else "-"
+
+    lines = [
+        f"`{command}`",
+        "",
+        f"{machine()}; each run's models on its dataset's test split ({rows[0]['test_images']} images, "
+        "held by no node).",
+        "",
+        "| run | teachers (mean) | ensemble | FedAvg once | student |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{Path(r['run']).name}` | {pct(r, 'teachers_mean')} | {pct(r, 'ensemble')} | "
+            f"{pct(r, 'fedavg_once')} | {pct(r, 'student')} |"
+        )
+    return "\n".join(lines) + "\n"

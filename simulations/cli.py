@@ -736,6 +736,25 @@ def bench_scale_command(
     console.print((out / "scale.md").read_text(), highlight=False, soft_wrap=True)
 
 
+@bench_app.command("heldout")
+@one_line_errors
+def bench_heldout_command(
+    runs: list[Path] = typer.Argument(..., help="finished run directories"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write OUT.md and OUT.json"),
+) -> None:
+    """Each run's stored teachers (their mean), ensemble, one-shot average and student on the dataset's test
+    split, which no node holds: the ensemble's accuracy where the nodes did not attest it (100 nodes)."""
+    from simulations.bench import heldout_accuracies, heldout_markdown
+
+    _quiet_logs(False)
+    rows = [heldout_accuracies(r) for r in runs]
+    command = _bench_command_line("heldout")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write_table(out, {"rows": rows}, command, lambda result, c: heldout_markdown(result["rows"], c))
+    console.print(heldout_markdown(rows, command), highlight=False, soft_wrap=True)
+
+
 @bench_app.command("privacy")
 @one_line_errors
 def bench_privacy_command(

@@ -4,9 +4,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import kdledger
 
-from node.artifacts import Expected
+from node.artifacts import ArtifactStore, Expected
+from node.config import DataConfig
+from node.data import Split, load_dataset
+from node.models import Ensemble
+from node.training import accuracy
+from simulations.bench import heldout_accuracies
 from simulations.runner import run_scenario
 from simulations.scenario import Scenario
 
@@ -83,6 +89,19 @@ def test_a_student_started_from_the_average_names_it_in_its_lineage(tmp_path):
     done = kdledger("lineage", student["args"]["modelHash"], "--run", str(tmp_path / "run"), "--json")
     (tree,) = json.loads(done.stdout)
     assert [t["kind"] for t in tree["teachers"]].count("aggregate") == 1
+    # `kdledger bench heldout`: the run's stored models scored afresh (digits has no split outside the nodes')
+    done = kdledger("bench", "heldout", str(tmp_path / "run"))
+    assert done.returncode == 2 and "digits has no test split" in done.stderr and "Traceback" not in done.stderr
+    x, y, _ = load_dataset(DataConfig(dataset="digits"), "train")
+    images = Split(torch.from_numpy(x), torch.from_numpy(y))
+    scored = heldout_accuracies(tmp_path / "run", images)
+    nodes = json.loads((tmp_path / "run" / "metrics.json").read_text())["nodes"]
+    store, expected = ArtifactStore(tmp_path / "run" / "store"), Expected(("digits-cnn",), (1, 8, 8), 10)
+    teachers = [store.load(bytes.fromhex(n["teacher_hash"]), expected, owner="node") for n in nodes]
+    with torch.no_grad():
+        assert scored["ensemble"] == accuracy(Ensemble.weighted(teachers, "samples"), images)
+        assert scored["teachers_mean"] == sum(accuracy(t, images) for t in teachers) / 2
+    assert 0.5 < scored["fedavg_once"] <= 1 and 0.5 < scored["student"] <= 1  # digits it partly trained on
 
 
 def test_failing_nodes_do_not_stop_the_run_and_get_nothing_registered(tmp_path):
@@ -120,7 +139,7 @@ def test_unknown_strategy_and_bad_faults_are_named(tmp_path):
 def test_sealed_artifacts_are_ciphertext_at_rest_and_checked_after_decryption(tmp_path):
     import stat
 
-    from node.artifacts import ArtifactStore, TamperedArtifact, load_seal_key, sha256
+    from node.artifacts import TamperedArtifact, load_seal_key, sha256
 
     train_arrays = []
 
