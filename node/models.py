@@ -301,8 +301,8 @@ class Ensemble(nn.Module):
         return cls(teachers)
 
     def subset(self, indices: Sequence[int]) -> Ensemble:
-        """The ensemble of some members, each class's weights renormalised over them."""
-        return Ensemble([self.members[i] for i in indices], self.weights[list(indices)])
+        """The ensemble of some members, each class's weights renormalised over them (0 for a class none weighs)."""
+        return Ensemble([self.teachers[i] for i in indices], self.weights[list(indices)])
 
     @property
     def teachers(self) -> list[Classifier | Ensemble]:

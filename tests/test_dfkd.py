@@ -163,8 +163,10 @@ def test_ensemble_weights_per_class_let_the_nodes_that_saw_a_class_speak_for_it(
     assert torch.allclose(Ensemble([a, b], [3.0, 1.0])(x), 0.75 * a(x) + 0.25 * b(x), atol=1e-6)
     logits, features = ens.logits_and_features(x)
     assert torch.allclose(logits, out) and features.shape[1] == 2 * a.features(x).shape[1]
-    only_b = ens.subset([1])  # the members' weights renormalised: b alone speaks for every class, 3 included
-    assert torch.allclose(only_b(x), b(x), atol=1e-6) and torch.allclose(ens.subset([0, 1])(x), out)
+    # a subset's weights renormalised over its members: a alone speaks for every class; b alone for those it saw
+    assert torch.allclose(ens.subset([0])(x), a(x), atol=1e-6) and torch.allclose(ens.subset([0, 1])(x), out)
+    only_b = ens.subset([1])(x)
+    assert torch.allclose(only_b[:, :3], b(x)[:, :3], atol=1e-6) and torch.equal(only_b[:, 3], torch.zeros(5))
 
 
 # -- every method, through the registry ----------------------------------------------------------------

@@ -82,7 +82,8 @@ def test_a_student_started_from_the_average_names_it_in_its_lineage(tmp_path):
     distill = {**SMALL["distill"], "student": "digits-cnn", "init": "fedavg-once"}
     result = run_scenario(scenario("init-ci", 2, distill=distill), tmp_path / "run")
     events = result.events
-    (average,) = [e["args"]["modelHash"] for e in events if e["event"] == "AggregateRegistered"]
+    aggregates = [e["args"] for e in events if e["event"] == "AggregateRegistered"]
+    (average,) = [a["modelHash"] for a in aggregates if a["method"] == "FedAvg (one-shot)"]
     (student,) = [e for e in events if e["event"] == "StudentCommitted"]
     teachers = [e["args"]["modelHash"] for e in events if e["event"] == "TeacherRegistered"]
     assert student["args"]["teacherHashes"] == [*teachers, average]
@@ -98,10 +99,13 @@ def test_a_student_started_from_the_average_names_it_in_its_lineage(tmp_path):
     nodes = json.loads((tmp_path / "run" / "metrics.json").read_text())["nodes"]
     store, expected = ArtifactStore(tmp_path / "run" / "store"), Expected(("digits-cnn",), (1, 8, 8), 10)
     teachers = [store.load(bytes.fromhex(n["teacher_hash"]), expected, owner="node") for n in nodes]
+    averaged = store.load(bytes.fromhex(average[2:]), expected, owner="coordinator")
+    made = store.load(bytes.fromhex(student["args"]["modelHash"][2:]), expected, owner="distiller")
     with torch.no_grad():
         assert scored["ensemble"] == accuracy(Ensemble.weighted(teachers, "samples"), images)
         assert scored["teachers_mean"] == sum(accuracy(t, images) for t in teachers) / 2
-    assert 0.5 < scored["fedavg_once"] <= 1 and 0.5 < scored["student"] <= 1  # digits it partly trained on
+        assert scored["fedavg_once"] == accuracy(averaged, images) and scored["student"] == accuracy(made, images)
+    assert len({scored["ensemble"], scored["fedavg_once"], scored["student"]}) == 3  # three different models
 
 
 def test_failing_nodes_do_not_stop_the_run_and_get_nothing_registered(tmp_path):
