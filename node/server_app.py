@@ -213,6 +213,8 @@ class Coordinator:
             shares = [float(r.num_train) for r in nodes]
         start = None
         if self.distill.init == "fedavg-once":  # FedDF's start: the average, which then joins the lineage
+            if "fedavg-once" not in self.ledger.aggregates:
+                raise RunFailed("distill.init: fedavg-once needs two or more teachers to average; one was registered")
             average = self.ledger.aggregates["fedavg-once"]
             start = self.store.load(average, self.expected, owner="the coordinator's aggregate")
             sources = self.on_chain([*sources, average])

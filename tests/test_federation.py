@@ -133,6 +133,17 @@ def test_too_few_nodes_is_a_one_line_failure(tmp_path):
     assert "only 0 of 2 nodes completed training" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_start_from_the_average_with_one_teacher_left_is_a_one_line_failure(tmp_path):
+    path = tmp_path / "one-left.yaml"
+    path.write_text(
+        "name: one-left\nnodes: 2\nteacher: {epochs: 1}\nfaults: {train: [0]}\n"
+        "distill: {init: fedavg-once, student: digits-cnn, samples: 64, steps: 4}\n"
+    )
+    done = kdledger("run", str(path), "--out", str(tmp_path / "run"))
+    assert done.returncode == 1
+    assert "fedavg-once needs two or more teachers" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_unknown_strategy_and_bad_faults_are_named(tmp_path):
     with pytest.raises(ValueError, match="faults.train"):
         scenario("x", 2, faults={"train": [5]})
