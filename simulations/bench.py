@@ -25,6 +25,7 @@ import torch
 import yaml
 from pydantic import ValidationError
 
+from chain.errors import ConfigError
 from node.artifacts import ArtifactStore, Expected, serialize
 from node.config import DataConfig
 from node.data import Split, load_dataset, node_splits, spec_of
@@ -41,7 +42,7 @@ from node.dfkd import (
 from node.models import Ensemble, Teacher, build_model
 from node.training import accuracy, train_classifier
 from simulations.plots import sample_grid
-from simulations.privacy import node_teachers
+from simulations.privacy import load_run, node_teachers, run_store
 
 
 @dataclass
@@ -593,9 +594,6 @@ def heldout_accuracies(run_dir: Path, test: Split | None = None) -> dict:
     nodes' teachers (their mean), their ensemble as the distiller weighed it, the teachers averaged once, and
     the student. For runs too large for the nodes to attest the ensemble; every file is checked against the
     hash the run recorded before it is parsed."""
-    from chain.errors import ConfigError
-    from simulations.privacy import load_run, run_store
-
     scenario, teachers = node_teachers(run_dir)
     _, metrics = load_run(run_dir)
     if len(teachers) < 2:
