@@ -13,7 +13,7 @@ from node.dfkd.bank import MemoryBank
 from node.dfkd.criterions import agreement_disagreement, negative_entropy_of_mean
 from node.dfkd.generator import Generator
 from node.dfkd.hooks import BNStatistics
-from node.models import Ensemble, build_model
+from node.models import Ensemble, MaxPool2x2, build_model
 
 CPU = torch.device("cpu")
 DIGITS = InputSpace((1, 8, 8))
@@ -167,6 +167,26 @@ def test_ensemble_weights_per_class_let_the_nodes_that_saw_a_class_speak_for_it(
     assert torch.allclose(ens.subset([0])(x), a(x), atol=1e-6) and torch.allclose(ens.subset([0, 1])(x), out)
     only_b = ens.subset([1])(x)
     assert torch.allclose(only_b[:, :3], b(x)[:, :3], atol=1e-6) and torch.equal(only_b[:, 3], torch.zeros(5))
+
+
+def test_the_pool_without_gradients_gives_torch_s_numbers_and_with_them_is_torch_s_pool():
+    pool, reference = MaxPool2x2(), torch.nn.MaxPool2d(2)
+    for shape in [(4, 3, 28, 28), (2, 5, 7, 9), (1, 1, 2, 3)]:  # odd sides drop the last row or column
+        x = torch.randn(shape)
+        x[0, 0, 0, 0] = float("nan")
+        with torch.no_grad():
+            assert torch.equal(pool(x).isnan(), reference(x).isnan())
+            assert torch.equal(pool(x).nan_to_num(), reference(x).nan_to_num())
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    out = pool(x)
+    assert out.grad_fn is not None and out.grad_fn.name() == reference(x).grad_fn.name()
+    out.sum().backward()
+    assert x.grad is not None and x.grad.sum() == out.numel()  # one input per window takes the gradient
+    teacher = build_model("lenet5-bn", (1, 28, 28), 10).eval()
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        fast = teacher(x)
+    assert torch.equal(fast, teacher(x.requires_grad_()))  # a labelling pass gives what a gradient pass does
 
 
 # -- every method, through the registry ----------------------------------------------------------------
