@@ -33,7 +33,11 @@ def train_classifier(
     epoch's mean loss."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * -(-len(data) // batch_size)
+    starts = list(range(0, len(data), batch_size))
+    if len(starts) > 1 and len(data) % batch_size == 1:
+        starts.pop()  # a last batch of one example joins the one before it: batch norm cannot train on one
+    ends = starts[1:] + [len(data)]
+    steps = epochs * len(starts)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(steps, 1))) if cosine else 1.0
     )
@@ -42,8 +46,8 @@ def train_classifier(
     for _ in range(epochs):
         order = torch.randperm(len(data), generator=gen)
         loss_sum = 0.0
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
+        for start, end in zip(starts, ends):
+            idx = order[start:end]
             x = data.x[idx] if augment is None else augment(data.x[idx])
             loss = F.cross_entropy(model(x), data.y[idx])
             opt.zero_grad(set_to_none=True)
