@@ -240,7 +240,8 @@ def test_page_draws_the_lineage_graph_from_the_chain(page, chain_records, tmp_pa
     assert teacher in panel.inner_text() and teachers[teacher] in panel.inner_text().lower()
     tx = next(e["tx"] for e in chain_records["by"]["TeacherRegistered"] if e["args"]["modelHash"] == teacher)
     panel.locator(f"a[data-tx='{tx}']").first.click()
-    page.wait_for_function(f"document.getElementById('panel').dataset.showing === 'tx={tx}'")
+    # a locator wait, not wait_for_function: a string predicate is eval'd in the page, and the page's CSP forbids eval
+    page.locator(f"#panel[data-showing='tx={tx}']").wait_for(state="attached")
     assert "TeacherRegistered" in panel.inner_text()
     assert page.locator(f"#event-table tr.hl[data-tx='{tx}']").count() == len(chain_records["by"]["TeacherRegistered"])
     page.screenshot(path=str(tmp_path / "explore-record.png"))
