@@ -331,6 +331,30 @@ def test_genkd_steps_share_the_samples_between_node_ebms_by_their_data():
     assert syn.made == [48, 16]  # 3:1, as the nodes' data
 
 
+@pytest.mark.parametrize("classes", ["nodes", "prior"])
+def test_each_node_ebm_is_asked_only_for_the_classes_its_node_saw(classes):
+    from node.models import Ensemble
+
+    teachers = [nets(0)[0], nets(1)[0]]
+    teachers[0].label_counts = [30, 10] + [0] * 8  # as loaded from a teacher's file (node/artifacts.py)
+    teachers[1].label_counts = [0] * 7 + [5, 5, 5]
+    _, student = nets(2)
+    options = {"sgld_steps": 1, "burn_in": 0, "batch_size": 8, "buffer_size": 400, "reinit": 0.5, "classes": classes}
+    syn = build_synthesizer(
+        "genkd", Ensemble(teachers), student, InputSpace(SHAPE), options, seed=0, device=torch.device("cpu")
+    )
+    syn.use_node_models([{"ebm": copy.deepcopy(t)} for t in teachers], [40.0, 15.0])
+    for _ in range(6):
+        syn.step(8)
+    drawn = [torch.bincount(syn._state(i)[1].labels, minlength=10) for i in range(2)]
+    if classes == "prior":  # every EBM is asked for every class
+        assert (drawn[0] > 0).all() and (drawn[1] > 0).all()
+    else:  # the node's own histogram: its classes only, in its proportions
+        assert drawn[0][2:].sum() == 0 and drawn[1][:7].sum() == 0
+        assert 2.4 < drawn[0][0] / drawn[0][1] < 3.6
+        assert drawn[1][7:].min() > 100
+
+
 def test_distiller_finetunes_the_ebm_only_when_asked():
     """finetune: false keeps L_b on the data nodes and samples the published EBM as it is."""
     teacher, student = nets()

@@ -74,6 +74,13 @@ Where the paper is vague or wrong, the choices made here (each one tested in tes
     validation split at 2 minutes: 74.03% against 67.46 for none and 70.80 for 200, which makes too
     few samples; BENCHMARKS.md). A smaller buffer instead (1 000 chains, each visited more often)
     was worse (58.24): fewer distinct chains, a less diverse bank.
+14. Which classes a node's EBM is asked for (choice 12 generalised). A node's EBM learns p(x|y) only
+    for the classes in its data; asked for another, it returns whatever its untrained energy
+    favours. The pooled data of all nodes is p(x, y) = sum_i (n_i / n) p_i(y) p_i(x|y), so the
+    distiller picks EBM i by its node's share n_i / n (choice 12) and draws y from p_i(y), the
+    node's label histogram from its signed teacher file, where the label prior drew y for every
+    EBM alike (`classes: prior`, the earlier behaviour). Soft labels still come from the prior's
+    Dirichlet of the drawn class. A single teacher keeps the prior: that is the paper's setting.
 """
 
 from __future__ import annotations
@@ -135,6 +142,11 @@ class GenKDOptions(Options):
     energy_l2: float = Field(0.0, ge=0, description="optional penalty on f(x+)^2 + f(x-)^2 for stability")
     node_ebm: bool = Field(True, description="data nodes train and publish an EBM; false: each teacher is its own EBM")
     node_iterations: int = Field(200, ge=0, description="EBM training iterations on a data node")
+    classes: Literal["nodes", "prior"] = Field(
+        "nodes",
+        description="distiller: 'nodes' draws each node EBM's classes from its node's label histogram where the "
+        "teacher's file has one (the pooled data's p(y)); 'prior': every EBM from the label prior",
+    )
 
 
 class LabelPrior:
@@ -152,6 +164,13 @@ class LabelPrior:
     @property
     def num_classes(self) -> int:
         return self.alpha.shape[0]
+
+    def with_classes(self, shares: torch.Tensor) -> LabelPrior:
+        """This prior with its classes drawn by `shares` (e.g. one node's label histogram); soft labels as before."""
+        prior = copy.copy(self)
+        prior.marginal = shares.to(self.marginal) / shares.sum()
+        prior.log_marginal = prior.marginal.clamp_min(1e-12).log()  # a class never drawn, finite for p(x)'s sum
+        return prior
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """n (class, soft label) pairs, from `generator` (torch's Dirichlet sampler takes none)."""
@@ -479,6 +498,7 @@ class GenKD(Synthesizer):
         self.published = False
         self.langevin = Langevin.from_options(o, self.space.low, self.space.high)
         self.prior = LabelPrior(self.teacher.classifier_weight().detach().cpu(), o.prior, o.prior_beta)
+        self.priors = [self._prior_of(m) for m in members]
         self.pg = PolicyGradient()
         self._chains: dict[int, tuple] = {}  # per EBM: (optimizer, replay buffer)
         self._anchors: dict[int, nn.Module] = {}  # per EBM: a frozen copy from before any finetuning
@@ -502,10 +522,21 @@ class GenKD(Synthesizer):
         ebms = [m.get("ebm") for m in models]
         if ebms and all(e is not None for e in ebms):
             self.ebms, self.published = [e.to(self.device) for e in ebms], True
+        if len(self.priors) != len(self.ebms):  # EBMs that are not one per member: no histogram is theirs
+            self.priors = [self.prior] * len(self.ebms)
         if len(weights) == len(self.ebms):
             self.shares = [float(w) for w in weights]
         self.made = [0] * len(self.ebms)
         return self.variant
+
+    def _prior_of(self, member: nn.Module) -> LabelPrior:
+        """The classes EBM i's chains are drawn for. A node's EBM models p(x|y) only for the classes its data has:
+        drawing y from the node's own histogram, and the node by its share of the data, samples the pooled
+        p(x, y) of all nodes, where the label prior would ask an EBM for classes it never saw."""
+        counts = getattr(member, "label_counts", None)
+        if self.options.classes == "prior" or counts is None or not sum(counts) or len(self.ebms) == 1:
+            return self.prior
+        return self.prior.with_classes(torch.tensor(counts, dtype=torch.float32))
 
     def _next_ebm(self) -> int:
         """The EBM furthest behind its share of the samples made so far (deterministic, proportional)."""
@@ -524,7 +555,12 @@ class GenKD(Synthesizer):
             for p in ebm.parameters():
                 p.requires_grad_(True)
             buffer = ReplayBuffer(
-                self.options.buffer_size, self.space.shape, self.prior, self.generator, self.space.low, self.space.high
+                self.options.buffer_size,
+                self.space.shape,
+                self.priors[i],
+                self.generator,
+                self.space.low,
+                self.space.high,
             )
             self._chains[i] = (torch.optim.Adam(ebm.parameters(), lr=self.options.lr), buffer)
         return self._chains[i]
@@ -533,7 +569,8 @@ class GenKD(Synthesizer):
         o = self.options
         i = self._next_ebm()
         ebm, (opt, buffer) = self.ebms[i], self._state(i)
-        log_prior = self.prior.log_marginal.to(self.device)
+        prior = self.priors[i]
+        log_prior = prior.log_marginal.to(self.device)
         idx, x0, labels, soft, _, age = buffer.sample(n, o.reinit)
         x0, labels, soft = x0.to(self.device), labels.to(self.device), soft.to(self.device)
         cond = labels if o.conditional else None
@@ -545,7 +582,7 @@ class GenKD(Synthesizer):
                 self.student,
                 x,
                 soft if o.conditional else None,
-                self.prior.marginal,
+                prior.marginal,
                 lambda_kl=o.lambda_kl,
                 lambda_cls=o.lambda_cls,
                 temperature=o.kd_temperature,
