@@ -248,9 +248,49 @@ class _PlainYAML(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+MAX_EXTENDS = 8  # files in one `extends` chain
+
+
 def load_scenario(path: Path, overrides: Sequence[str] = ()) -> Scenario:
     """Read and validate a scenario; `overrides` are 'dotted.key=yaml-value' edits applied first."""
     path = Path(path)
+    raw = _read_extended(path, ())
+    for item in overrides:
+        apply_override(raw, item)
+    where = f"{path} (with --set {' '.join(overrides)})" if overrides else f"{path}"
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as exc:
+        raise ScenarioError(f"{where}: {_format(exc)}") from None
+
+
+def _read_extended(path: Path, seen: tuple[Path, ...]) -> dict:
+    """The file's keys over those of the scenario it `extends` (a path relative to it), section by section."""
+    raw = _read(path)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ScenarioError(f"{path}: extends: expected the path of another scenario file, relative to this one")
+    seen = (*seen, path.resolve())
+    parent = path.parent / base
+    if parent.resolve() in seen:
+        raise ScenarioError(f"{path}: extends: {base} extends this file again (a cycle)")
+    if len(seen) >= MAX_EXTENDS:
+        raise ScenarioError(f"{path}: extends: more than {MAX_EXTENDS} files in one chain")
+    return _merged(_read_extended(parent, seen), raw)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """`over` on top of `base`: sections merge key by key, any other value replaces the base's."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read(path: Path) -> dict:
+    """One scenario file as a mapping, bounded in size and nesting before it is parsed."""
     try:
         data = path.read_bytes()
         if len(data) > MAX_SCENARIO_BYTES:
@@ -269,13 +309,7 @@ def load_scenario(path: Path, overrides: Sequence[str] = ()) -> Scenario:
         raise ScenarioError(f"{path}:{where}: {problem if 'alias' in problem else 'not valid YAML'}") from None
     if not isinstance(raw, dict):
         raise ScenarioError(f"{path}: a scenario is a mapping of keys (name, nodes, data, ...)")
-    for item in overrides:
-        apply_override(raw, item)
-    where = f"{path} (with --set {' '.join(overrides)})" if overrides else f"{path}"
-    try:
-        return Scenario.model_validate(raw)
-    except ValidationError as exc:
-        raise ScenarioError(f"{where}: {_format(exc)}") from None
+    return raw
 
 
 def apply_override(raw: dict, item: str) -> None:

@@ -92,6 +92,37 @@ def test_set_overrides_a_scenario_key_before_validation():
         load_scenario("simulations/scenarios/quickstart.yaml", ["distill.metod=kd"])
 
 
+def test_extends_merges_sections_key_by_key_and_refuses_cycles(tmp_path):
+    from simulations.scenario import ScenarioError, load_scenario
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text(QUICK + "data: {dataset: digits, alpha: 0.3, min_partition_size: 20}\n")
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("extends: ../base.yaml\nname: c\ndata: {alpha: 0.1}\n")
+    spec = load_scenario(child, ["data.alpha=0.2"])
+    assert (spec.name, spec.nodes, spec.data.dataset, spec.data.alpha, spec.data.min_partition_size) == (
+        "c",
+        2,
+        "digits",
+        0.2,  # --set comes last, on the merged scenario
+        20,
+    )
+    # the shipped files that extend another load as the same scenario they were when each was written out whole
+    a01 = load_scenario("simulations/scenarios/fmnist-oneshot-a0.1.yaml")
+    a03 = load_scenario("simulations/scenarios/fmnist-oneshot-a0.3.yaml")
+    assert a01.model_dump() == a03.model_copy(update={"name": "fmnist-oneshot-a0.1", "data": a01.data}).model_dump()
+    assert a01.data.model_dump() == a03.data.model_copy(update={"alpha": 0.1}).model_dump()
+    (tmp_path / "base.yaml").write_text("extends: sub/child.yaml\n" + QUICK)
+    with pytest.raises(ScenarioError, match="a cycle"):
+        load_scenario(child)
+    child.write_text("extends: [base.yaml]\n" + QUICK)
+    with pytest.raises(ScenarioError, match="extends: expected the path"):
+        load_scenario(child)
+    child.write_text("extends: absent.yaml\n" + QUICK)
+    with pytest.raises(ScenarioError, match=r"absent\.yaml: cannot read"):
+        load_scenario(child)
+
+
 def test_set_on_the_command_line_gives_a_one_line_error(tmp_path):
     done = kdledger("run", "simulations/scenarios/quickstart.yaml", "--set", "nodes=zero", "--out", str(tmp_path / "r"))
     assert done.returncode == 2 and "nodes" in done.stderr and "Traceback" not in done.stderr
