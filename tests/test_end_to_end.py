@@ -320,3 +320,25 @@ def test_kdledger_verify_refuses_a_tampered_file_another_keys_bundle_and_another
     done = kdledger("verify", str(copy), "--run", str(run_dir))
     assert done.returncode == 1 and "no bundle at" in done.stdout
     assert kdledger("verify", str(copy), "--run", str(run_dir), "--chain-only").returncode == 0
+
+
+def test_transfer_realism_places_real_images_nearer_the_teachers_than_noise(runs, tmp_path):
+    """examples/transfer_realism.py (BENCHMARKS.md, why GenKD trails): real held-out images sit nearer the
+    teachers' batch-norm statistics and are smoother than uniform noise; a non-run is one line, non-zero."""
+    import subprocess
+    import sys
+
+    script = [sys.executable, "examples/transfer_realism.py"]
+    done = subprocess.run([*script, str(runs[0][0])], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r.split("|")[1].strip(): [float(c) for c in r.split("|")[2:-1]] for r in done.stdout.splitlines()[2:]}
+    teachers = f"teachers of {runs[0][0]}"
+    real, noise, run = (
+        rows[f"real images (held out), {teachers}"],
+        rows[f"uniform noise, {teachers}"],
+        rows[str(runs[0][0])],
+    )
+    assert real[0] == noise[0] == run[0] > 0  # as many references as the run kept synthetic samples
+    assert real[1] < noise[1] and real[2] < noise[2]  # pixel TV, BN distance
+    bad = subprocess.run([*script, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
