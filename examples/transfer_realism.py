@@ -3,8 +3,8 @@
     python examples/transfer_realism.py RUN_DIR [RUN_DIR ...]
 
 For each finished `kdledger run` directory (its node teachers, hash-checked, and the synthetic
-samples it kept, synthetic.safetensors), and for two references of the same size under the same
-teachers, held-out real images of the run's dataset (the official test images; digits: the bench's
+samples it kept, synthetic.safetensors), and for two references of the same size (or fewer, where
+fewer real images are held out) under the same teachers, held-out real images of the run's dataset (the official test images; digits: the bench's
 held-out fifth) and uniform noise, one markdown row:
 
 - pixel TV: the mean absolute difference between neighbouring pixels (high-frequency content);

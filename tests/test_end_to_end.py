@@ -338,7 +338,7 @@ def test_transfer_realism_places_real_images_nearer_the_teachers_than_noise(runs
         rows[f"uniform noise, {teachers}"],
         rows[str(runs[0][0])],
     )
-    assert real[0] == noise[0] == run[0] > 0  # as many references as the run kept synthetic samples
+    assert real[0] == noise[0] == min(run[0], 359) > 0  # as many as the run kept, up to digits' held-out 359
     assert real[1] < noise[1] and real[2] < noise[2]  # pixel TV, BN distance
     bad = subprocess.run([*script, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
