@@ -4,8 +4,8 @@
 
 For each finished `kdledger run` directory (its node teachers, hash-checked, and the synthetic
 samples it kept, synthetic.safetensors), and for two references of the same size (or fewer, where
-fewer real images are held out) under the same teachers, held-out real images of the run's dataset (the official test images; digits: the bench's
-held-out fifth) and uniform noise, one markdown row:
+fewer real images are held out) under the same teachers, held-out real images of the run's dataset
+(the official test images; digits: the bench's held-out fifth) and uniform noise, one markdown row:
 
 - pixel TV: the mean absolute difference between neighbouring pixels (high-frequency content);
 - BN distance: per node teacher, the set's per-channel mean and variance at every batch-norm layer
