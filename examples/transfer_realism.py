@@ -27,27 +27,20 @@ import torch
 from chain.errors import ConfigError
 from node.config import DataConfig
 from node.data import spec_of
-from node.dfkd.hooks import batch_norm_layers
+from node.dfkd.hooks import BNStatistics
 from node.models import Ensemble
 from simulations.bench import bench_splits
 from simulations.privacy import load_synthetic, node_teachers
 
 
 def bn_distance(teachers, x: torch.Tensor) -> float:
-    total, seen = 0.0, []
+    total = 0.0
     for teacher in teachers:
-        seen.clear()
-        hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, i[0]))) for m in batch_norm_layers(teacher)]
-        with torch.no_grad():
+        stats = BNStatistics(teacher)  # the inversion's own measure, on the whole set at once
+        with torch.no_grad(), stats.recording():
             teacher(x)
-        for h in hooks:
-            h.remove()
-        for layer, a in seen:
-            dims = [0, *range(2, a.dim())]
-            total += float(
-                torch.norm(a.mean(dims) - layer.running_mean)
-                + torch.norm(a.var(dims, unbiased=False) - layer.running_var)
-            )
+        total += float(stats.take())
+        stats.remove()
     return total / len(teachers)
 
 

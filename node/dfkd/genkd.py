@@ -502,7 +502,6 @@ class GenKD(Synthesizer):
         self.published = False
         self.langevin = Langevin.from_options(o, self.space.low, self.space.high)
         self.prior = LabelPrior(self.teacher.classifier_weight().detach().cpu(), o.prior, o.prior_beta)
-        self.priors = [self._prior_of(m) for m in members]
         self.pg = PolicyGradient()
         self._chains: dict[int, tuple] = {}  # per EBM: (optimizer, replay buffer)
         self._anchors: dict[int, nn.Module] = {}  # per EBM: a frozen copy from before any finetuning
@@ -526,18 +525,17 @@ class GenKD(Synthesizer):
         ebms = [m.get("ebm") for m in models]
         if ebms and all(e is not None for e in ebms):
             self.ebms, self.published = [e.to(self.device) for e in ebms], True
-        if len(self.priors) != len(self.ebms):  # EBMs that are not one per member: no histogram is theirs
-            self.priors = [self.prior] * len(self.ebms)
         if len(weights) == len(self.ebms):
             self.shares = [float(w) for w in weights]
         self.made = [0] * len(self.ebms)
         return self.variant
 
-    def _prior_of(self, member: nn.Module) -> LabelPrior:
+    def _prior_of(self, i: int) -> LabelPrior:
         """The classes EBM i's chains are drawn for: the label prior, or with `classes: nodes` the histogram of
-        the node whose EBM it is (choice 14)."""
-        counts = getattr(member, "label_counts", None)
-        if self.options.classes == "prior" or counts is None or not sum(counts) or len(self.ebms) == 1:
+        the node whose EBM it is (choice 14; EBMs that are not one per ensemble member have none)."""
+        members = list(self.teacher.members) if isinstance(self.teacher, Ensemble) else [self.teacher]
+        counts = getattr(members[i], "label_counts", None) if len(members) == len(self.ebms) > 1 else None
+        if self.options.classes == "prior" or counts is None or not sum(counts):
             return self.prior
         return self.prior.with_classes(torch.tensor(counts, dtype=torch.float32))
 
@@ -560,7 +558,7 @@ class GenKD(Synthesizer):
             buffer = ReplayBuffer(
                 self.options.buffer_size,
                 self.space.shape,
-                self.priors[i],
+                self._prior_of(i),
                 self.generator,
                 self.space.low,
                 self.space.high,
@@ -572,7 +570,7 @@ class GenKD(Synthesizer):
         o = self.options
         i = self._next_ebm()
         ebm, (opt, buffer) = self.ebms[i], self._state(i)
-        prior = self.priors[i]
+        prior = buffer.prior
         log_prior = prior.log_marginal.to(self.device)
         idx, x0, labels, soft, _, age = buffer.sample(n, o.reinit)
         x0, labels, soft = x0.to(self.device), labels.to(self.device), soft.to(self.device)
